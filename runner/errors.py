@@ -1,0 +1,81 @@
+"""The error tree and the one place that maps errors to exit codes.
+
+    RunnerError                 exit 1 unless said otherwise: bad input or usage
+    ├── UsageError              a bad flag or argument combination
+    ├── InputError              bad manifest / lockfile / file; carries Diagnostics
+    ├── LockHeldError           another apply holds the lockfile
+    └── ApiError                an answer from the finetune API (status, message)
+        └── InsufficientCredit  402: exit 4
+
+Per-job failures during apply are *values* (outcomes recorded in the lockfile), never
+exceptions escaping the task group; only real bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runner.diagnostics import Diagnostic
+
+EXIT_OK = 0
+EXIT_INPUT = 1
+EXIT_CHANGES = 2
+EXIT_INCOMPLETE = 3
+EXIT_CREDIT = 4
+EXIT_INTERRUPTED = 130
+
+
+class RunnerError(Exception):
+    """An expected failure the user can act on; its message is shown without a traceback."""
+
+    exit_code: int = EXIT_INPUT
+
+
+class UsageError(RunnerError):
+    """A bad flag, a missing argument, a combination that makes no sense."""
+
+
+class InputError(RunnerError):
+    """One or more problems with a file the user gave us, each pointing at its place."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic] | str) -> None:
+        if isinstance(diagnostics, str):
+            self.diagnostics: list[Diagnostic] = []
+            super().__init__(diagnostics)
+        else:
+            self.diagnostics = list(diagnostics)
+            super().__init__("\n".join(d.format() for d in self.diagnostics))
+
+
+class LockHeldError(RunnerError):
+    """Another runner process holds the lockfile's lock."""
+
+
+class ApiError(RunnerError):
+    """The finetune API answered with an error (or could not be reached).
+
+    ``status`` is the HTTP status (0 when no answer arrived); ``retry_after`` is the
+    server's Retry-After in seconds when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        job: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.job = job
+        self.retry_after = retry_after
+
+
+class InsufficientCredit(ApiError):
+    """402 from the API: stop submitting, follow what runs, exit 4."""
+
+    exit_code = EXIT_CREDIT

@@ -1,0 +1,71 @@
+"""Frozen values that flow through runner: manifest -> validate -> plan -> apply -> lockfile.
+
+The manifest loader produces ``Manifest``; the planner compares ``Job`` with ``LockEntry``
+and returns a ``Plan``; apply turns plan items into lock entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPTIONS = ("FluxFinetune", "FluxProFinetune", "FluxKontextFinetune")
+FINETUNE_TYPES = ("Auto", "Character", "Product", "Style")
+KONTEXT = "FluxKontextFinetune"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    endpoint: str = "sandbox"
+    api_key_env: str = "VIMMERSE_API_KEY"
+    requests_per_second: float = 2.0
+    burst: int = 4
+    max_in_flight: int = 8
+    max_uploads: int = 2
+    poll_interval: float = 10.0  # seconds
+    job_timeout: float = 7200.0  # seconds
+    max_submissions: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fully resolved finetune request, as it will be sent.
+
+    ``images`` are absolute paths in upload order; for Kontext they alternate start, end.
+    ``line`` is the job's line in the manifest, for messages.
+    """
+
+    name: str
+    option: str = "FluxFinetune"
+    finetune_type: str = "Auto"
+    lora_prefix: str = "MYLORA"
+    num_iterations: int = 0
+    prompt: str | None = None
+    images: tuple[Path, ...] = ()
+    image_urls: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    line: int = 0
+
+    @property
+    def is_kontext(self) -> bool:
+        return self.option == KONTEXT
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path  # absolute
+    api: ApiSettings = field(default_factory=ApiSettings)
+    jobs: tuple[Job, ...] = ()
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def default_lockfile(self) -> Path:
+        """``dir/name.yaml`` -> ``dir/name.lock.yaml``."""
+        stem = self.path.name
+        for suffix in (".yaml", ".yml"):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        return self.path.with_name(f"{stem}.lock.yaml")
