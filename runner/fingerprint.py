@@ -1,0 +1,188 @@
+"""Fingerprints: the canonical request of a job, hashed, plus the stat cache of image digests.
+
+A fingerprint changes exactly when the request the API would receive changes in a way that
+matters for the trained model: option, finetune_type (not for Kontext, where the API ignores
+it), lora_prefix, num_iterations, prompt (Kontext only, likewise) and the ordered image
+digests (or the URLs). ``webhook_url`` only says where to report, so it is left out.
+
+Image digests are cached by (path, size, mtime_ns, inode) in ``.runner/digests.json`` beside
+the manifest, like git's index: a no-op plan stats files but reads no image bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.models import Job
+
+CACHE_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def hash_file(path: Path) -> str:
+    """sha256 of a file's bytes; hashlib releases the GIL, so threads hash in parallel."""
+    h = hashlib.sha256()
+    with path.open("rb", buffering=0) as fh:
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StatKey:
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> StatKey:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class DigestCache:
+    """Path -> (stat key, digest). Only files that hashed (and passed checks) get an entry."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[str, list[Any]] = {}
+        self._dirty = False
+        self.hits = 0
+        self.misses = 0
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # a missing or damaged cache only costs a re-hash
+        if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
+            entries = data.get("files")
+            if isinstance(entries, dict):
+                self._entries = entries
+
+    def get(self, path: Path, key: StatKey) -> str | None:
+        entry = self._entries.get(str(path))
+        if entry and entry[0] == key.size and entry[1] == key.mtime_ns and entry[2] == key.inode:
+            self.hits += 1
+            return str(entry[3])
+        self.misses += 1
+        return None
+
+    def put(self, path: Path, key: StatKey, digest: str) -> None:
+        self._entries[str(path)] = [key.size, key.mtime_ns, key.inode, digest]
+        self._dirty = True
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        from runner.atomic import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"version": CACHE_VERSION, "files": self._entries}, separators=(",", ":"))
+        atomic_write_text(self.path, text, fsync=False)
+        self._dirty = False
+
+
+def digest_files(
+    paths: Iterable[Path],
+    cache: DigestCache,
+    *,
+    threads: int = 2,
+    on_miss: Callable[[Path], None] | None = None,
+) -> dict[Path, str]:
+    """Digest every distinct path, reading only files whose stat changed since last time.
+
+    ``on_miss`` runs on each file about to be hashed (used to check the image decodes before
+    it is trusted into the cache); it raises to refuse the file.
+    """
+    result: dict[Path, str] = {}
+    todo: list[tuple[Path, StatKey]] = []
+    for path in dict.fromkeys(paths):
+        key = StatKey.of(path.stat())
+        digest = cache.get(path, key)
+        if digest is None:
+            todo.append((path, key))
+        else:
+            result[path] = digest
+
+    def work(item: tuple[Path, StatKey]) -> tuple[Path, StatKey, str]:
+        path, key = item
+        if on_miss is not None:
+            on_miss(path)
+        return path, key, hash_file(path)
+
+    if todo:
+        if len(todo) == 1 or threads <= 1:
+            done = map(work, todo)
+        else:
+            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="digest")
+            done = pool.map(work, todo)
+        for path, key, digest in done:
+            cache.put(path, key, digest)
+            result[path] = digest
+    return result
+
+
+def canonical_request(job: Job, digests: dict[Path, str]) -> dict[str, Any]:
+    """The parts of a job's request that decide what gets trained, in a stable shape."""
+    canon: dict[str, Any] = {
+        "option": job.option,
+        "lora_prefix": job.lora_prefix,
+        "num_iterations": job.num_iterations,
+    }
+    if job.is_kontext:
+        canon["prompt"] = job.prompt or ""
+    else:
+        canon["finetune_type"] = job.finetune_type
+    if job.images:
+        canon["images"] = [digests[p] for p in job.images]
+    else:
+        canon["image_urls"] = list(job.image_urls)
+    return canon
+
+
+def sha256_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def inputs_summary(canon: dict[str, Any]) -> dict[str, Any]:
+    """What the lockfile keeps of the request so a later plan can say *why* it changed."""
+    summary = {k: v for k, v in canon.items() if k not in ("images", "image_urls")}
+    summary["images"] = sha256_json(canon.get("images", canon.get("image_urls", [])))
+    return summary
+
+
+@dataclass(frozen=True)
+class Fingerprinted:
+    job: Job
+    fingerprint: str
+    inputs: dict[str, Any]
+
+
+def fingerprint_jobs(
+    jobs: Iterable[Job],
+    cache: DigestCache,
+    *,
+    threads: int = 2,
+    on_miss: Callable[[Path], None] | None = None,
+) -> list[Fingerprinted]:
+    jobs = list(jobs)
+    digests = digest_files(
+        (p for job in jobs for p in job.images), cache, threads=threads, on_miss=on_miss
+    )
+    out = []
+    for job in jobs:
+        canon = canonical_request(job, digests)
+        out.append(Fingerprinted(job, sha256_json(canon), inputs_summary(canon)))
+    return out

@@ -1,0 +1,328 @@
+"""The lockfile: read (replaying a leftover journal), validate, and write atomically.
+
+Layout: ``dir/name.lock.yaml`` (the reviewed, committed state), ``dir/name.lock.journal``
+(write-ahead JSON lines, fsynced, present only while an apply runs or after a crash) and
+``dir/.runner/name.lock.yaml.lock`` (the exclusive lock held for a whole apply).
+
+Every state change is appended to the journal before the request that depends on it is sent;
+the lockfile is rewritten from memory every few seconds and at the end, after which the
+journal is emptied. A crash therefore loses at most the change in flight, and every reader
+replays the journal over the lockfile first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from runner.atomic import atomic_write_text, fsync_dir
+from runner.diagnostics import Diagnostic, format_path
+from runner.errors import InputError, LockHeldError
+
+Status = Literal["pending", "submitting", "uncertain", "training", "succeeded", "failed"]
+LOCK_VERSION = 1
+HEADER = "# Written by runner; do not edit.\n"
+# Key order in the file: what a reviewer looks at first comes first.
+ENTRY_KEYS = (
+    "fingerprint",
+    "status",
+    "asset_id",
+    "trigger_word",
+    "option",
+    "finetune_type",
+    "images",
+    "results",
+    "submitted_at",
+    "finished_at",
+    "error",
+    "attempt",
+    "idempotency_key",
+    "inputs",
+)
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    fingerprint: str
+    status: Status
+    asset_id: str | None = None
+    trigger_word: str | None = None
+    option: str | None = None
+    finetune_type: str | None = None
+    images: int = 0
+    results: tuple[str, ...] = ()
+    submitted_at: str | None = None
+    finished_at: str | None = None
+    error: dict[str, Any] | None = None
+    attempt: int = 0
+    idempotency_key: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["results"] = list(self.results)
+        return {k: raw[k] for k in ENTRY_KEYS}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LockEntry:
+        data = {k: raw[k] for k in ENTRY_KEYS if k in raw}
+        data["results"] = tuple(data.get("results") or ())
+        data["inputs"] = dict(data.get("inputs") or {})
+        return cls(**data)
+
+    def evolve(self, **changes: Any) -> LockEntry:
+        return replace(self, **changes)
+
+
+@dataclass
+class LockState:
+    """The lockfile's content in memory: entries by job name, and the write serial."""
+
+    entries: dict[str, LockEntry] = field(default_factory=dict)
+    serial: int = 0
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "version": LOCK_VERSION,
+            "serial": self.serial,
+            "jobs": {name: self.entries[name].to_dict() for name in sorted(self.entries)},
+        }
+
+    def render(self) -> str:
+        body = yaml.dump(
+            self.to_document(),
+            Dumper=_Dumper,
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=True,
+            width=1000,
+        )
+        return HEADER + body
+
+
+_Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def journal_path(lockfile: Path) -> Path:
+    name = lockfile.name
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    return lockfile.with_name(stem + ".journal")
+
+
+def lock_path(lockfile: Path) -> Path:
+    return lockfile.parent / ".runner" / (lockfile.name + ".lock")
+
+
+def _invalid(lockfile: Path, message: str, path: str = "", line: int = 0) -> InputError:
+    return InputError(
+        [Diagnostic(str(lockfile), line, 0, path, message + " (the lockfile was left untouched)")]
+    )
+
+
+def _validate_document(lockfile: Path, doc: Any) -> None:
+    from jsonschema import Draft202012Validator
+
+    from runner.schemafiles import load_schema
+
+    validator = Draft202012Validator(load_schema("lockfile"))
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise InputError(
+            [
+                Diagnostic(
+                    str(lockfile),
+                    0,
+                    0,
+                    format_path(list(e.absolute_path)),
+                    f"invalid lockfile: {e.message} (the lockfile was left untouched)",
+                )
+                for e in errors[:20]
+            ]
+        )
+
+
+def read_lockfile(lockfile: Path) -> LockState:
+    """Read and validate the lockfile, then replay a leftover journal over it (in memory)."""
+    state = LockState()
+    try:
+        text = lockfile.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _invalid(lockfile, f"cannot read lockfile: {exc}") from exc
+    if text is not None and text.strip():
+        try:
+            doc = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise _invalid(
+                lockfile, f"lockfile is not valid YAML: {getattr(exc, 'problem', exc)}",
+                line=(mark.line + 1) if mark else 0,
+            ) from exc
+        _validate_document(lockfile, doc)
+        state.serial = int(doc.get("serial", 0))
+        state.entries = {
+            name: LockEntry.from_dict(raw) for name, raw in (doc.get("jobs") or {}).items()
+        }
+    replay_journal(journal_path(lockfile), state)
+    return state
+
+
+def replay_journal(path: Path, state: LockState) -> int:
+    """Apply journal records over ``state``; returns how many were applied.
+
+    Only the last line can be torn (it was being written when the process died): it is the
+    change in flight and is dropped. A damaged line before it means the file was tampered
+    with, which is an error rather than a guess.
+    """
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise _invalid(path, f"cannot read journal: {exc}") from exc
+    lines = [ln for ln in raw_lines]
+    applied = 0
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            name = record["job"]
+            raw = record["entry"]
+            entry = None if raw is None else LockEntry.from_dict(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            is_last = all(not rest.strip() for rest in lines[index + 1 :])
+            if is_last:
+                break
+            raise _invalid(path, f"journal line {index + 1} is damaged: {exc}", line=index + 1) from exc
+        if entry is None:
+            state.entries.pop(name, None)
+        else:
+            state.entries[name] = entry
+        applied += 1
+    return applied
+
+
+class LockSession:
+    """Exclusive, journaled access to one lockfile for the length of an apply."""
+
+    def __init__(self, lockfile: Path) -> None:
+        self.lockfile = lockfile
+        self.journal = journal_path(lockfile)
+        self._flock: Any = None
+        self._journal_fd: int | None = None
+        self.state = LockState()
+        self._written = ""  # text of the lockfile as last read or written
+        self.dirty = False
+
+    def __enter__(self) -> LockSession:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def acquire(self) -> None:
+        from filelock import FileLock, Timeout
+
+        lp = lock_path(self.lockfile)
+        try:
+            lp.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{self.lockfile}: cannot create {lp.parent}: {exc.strerror}") from exc
+        self._flock = FileLock(str(lp), timeout=0)
+        try:
+            self._flock.acquire()
+        except Timeout:
+            raise LockHeldError(
+                f"{self.lockfile}: another runner apply holds the lock ({lp}); "
+                "wait for it to finish (only one apply may write a lockfile at a time)"
+            ) from None
+        try:
+            self.state = read_lockfile(self.lockfile)
+            try:
+                self._written = self.lockfile.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                self._written = ""
+            if self.journal.exists():
+                # Fold a crashed run's journal into the lockfile before anything else happens.
+                self.dirty = True
+                self.flush()
+        except BaseException:
+            self._flock.release()
+            raise
+
+    def record(self, name: str, entry: LockEntry | None) -> None:
+        """Journal one change durably, then apply it in memory."""
+        line = json.dumps(
+            {"job": name, "entry": None if entry is None else entry.to_dict()},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        self._append(line.encode("utf-8") + b"\n")
+        if entry is None:
+            self.state.entries.pop(name, None)
+        else:
+            self.state.entries[name] = entry
+        self.dirty = True
+
+    def _append(self, data: bytes) -> None:
+        if self._journal_fd is None:
+            created = not self.journal.exists()
+            self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if created:
+                fsync_dir(self.journal.parent)
+        os.write(self._journal_fd, data)
+        os.fsync(self._journal_fd)
+
+    def flush(self) -> bool:
+        """Rewrite the lockfile if its content changed, then empty the journal.
+
+        Returns whether the file was written. The serial moves only when content changes,
+        so a no-op apply leaves the file byte-identical.
+        """
+        if not self.dirty:
+            return False
+        # Same entries at the same serial render to the same text: nothing to write.
+        changed = self.state.render() != self._written
+        if changed:
+            self.state.serial += 1
+            text = self.state.render()
+            atomic_write_text(self.lockfile, text)
+            self._written = text
+        self._truncate_journal()
+        self.dirty = False
+        return changed
+
+    def _truncate_journal(self) -> None:
+        if self._journal_fd is not None:
+            os.ftruncate(self._journal_fd, 0)
+            os.fsync(self._journal_fd)
+        elif self.journal.exists():
+            with self.journal.open("r+b") as fh:
+                fh.truncate(0)
+                os.fsync(fh.fileno())
+
+    def close(self) -> None:
+        """Final write; the journal is removed only once the lockfile holds everything."""
+        try:
+            self.flush()
+            if self._journal_fd is not None:
+                os.close(self._journal_fd)
+                self._journal_fd = None
+            with contextlib.suppress(FileNotFoundError):
+                self.journal.unlink()
+            fsync_dir(self.lockfile.parent)
+        finally:
+            if self._flock is not None:
+                self._flock.release()
+                self._flock = None
+

@@ -1,0 +1,135 @@
+"""make_plan(jobs, lock) -> Plan: which action each job gets. Pure: no I/O, no clock.
+
+| action  | when                                                             |
+|---------|------------------------------------------------------------------|
+| create  | no lock entry (or one that never got submitted: ``pending``)     |
+| replace | lock entry with another fingerprint: trains anew                 |
+| resume  | same fingerprint, still ``training``: follow it, never resubmit  |
+| retry   | same fingerprint, ``failed``                                     |
+| blocked | same fingerprint, ``uncertain``/``submitting``: the POST's answer |
+|         | was lost; see apply for when it is replayed                      |
+| noop    | same fingerprint, ``succeeded``                                  |
+| orphan  | lock entry whose job left the manifest                           |
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from runner.errors import UsageError
+from runner.fingerprint import Fingerprinted
+from runner.lockfile import LockEntry
+
+Action = Literal["create", "replace", "resume", "retry", "blocked", "noop", "orphan"]
+ACTIONS: tuple[Action, ...] = (
+    "create",
+    "replace",
+    "resume",
+    "retry",
+    "blocked",
+    "noop",
+    "orphan",
+)
+SUBMITTING_ACTIONS = frozenset({"create", "replace", "retry"})
+# What --detailed-exitcode calls "changes": anything apply would do, or that needs a person.
+CHANGE_ACTIONS = frozenset({"create", "replace", "resume", "retry", "blocked"})
+REASON_FIELDS = ("option", "finetune_type", "lora_prefix", "num_iterations", "prompt", "images")
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    action: Action
+    fingerprint: str | None
+    reasons: tuple[str, ...] = ()
+    job: Fingerprinted | None = None
+    entry: LockEntry | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifest: str
+    changes: tuple[Change, ...]
+
+    def summary(self) -> dict[str, int]:
+        counts = dict.fromkeys(ACTIONS, 0)
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action in CHANGE_ACTIONS for c in self.changes)
+
+    def with_action(self, *actions: str) -> list[Change]:
+        return [c for c in self.changes if c.action in actions]
+
+
+def _reasons(job: Fingerprinted, entry: LockEntry) -> tuple[str, ...]:
+    if not entry.inputs:
+        return ("fingerprint",)
+    changed = [
+        key
+        for key in REASON_FIELDS
+        if job.inputs.get(key) != entry.inputs.get(key)
+    ]
+    return tuple(changed) or ("fingerprint",)
+
+
+def _action_for(job: Fingerprinted, entry: LockEntry | None) -> tuple[Action, tuple[str, ...]]:
+    if entry is None:
+        return "create", ("new job",)
+    if entry.fingerprint != job.fingerprint:
+        return "replace", _reasons(job, entry)
+    status = entry.status
+    if status == "succeeded":
+        return "noop", ()
+    if status == "training":
+        return "resume", ("still training",)
+    if status == "failed":
+        message = (entry.error or {}).get("message") or "failed"
+        return "retry", (f"previous attempt failed: {message}",)
+    if status in ("uncertain", "submitting"):
+        return "blocked", ("the answer to its submission was lost; it may be training already",)
+    return "create", ("never submitted",)
+
+
+def check_targets(targets: Sequence[str], known: Iterable[str]) -> None:
+    names = set(known)
+    for target in targets:
+        if target not in names:
+            hint = difflib.get_close_matches(target, sorted(names), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UsageError(f"--target {target}: no job or lock entry by that name{extra}")
+
+
+def make_plan(
+    manifest: str,
+    jobs: Sequence[Fingerprinted],
+    entries: dict[str, LockEntry],
+    targets: Sequence[str] = (),
+) -> Plan:
+    """One change per manifest job plus one per orphaned lock entry, sorted by name."""
+    wanted = set(targets)
+    if targets:
+        check_targets(targets, [fp.job.name for fp in jobs] + list(entries))
+    changes: list[Change] = []
+    in_manifest = set()
+    for fp in jobs:
+        in_manifest.add(fp.job.name)
+        if wanted and fp.job.name not in wanted:
+            continue
+        entry = entries.get(fp.job.name)
+        action, reasons = _action_for(fp, entry)
+        changes.append(Change(fp.job.name, action, fp.fingerprint, reasons, fp, entry))
+    for name, entry in entries.items():
+        if name in in_manifest or (wanted and name not in wanted):
+            continue
+        changes.append(
+            Change(name, "orphan", entry.fingerprint, ("job is no longer in the manifest",), None, entry)
+        )
+    changes.sort(key=lambda c: c.name)
+    return Plan(manifest, tuple(changes))

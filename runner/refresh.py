@@ -1,0 +1,56 @@
+"""``--refresh`` for plan and status: ask the API about entries still training.
+
+Read-only: the answers change what is shown, never the lockfile (only apply writes it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+
+from runner.apply import utcnow
+from runner.client import ApiClient
+from runner.endpoint import connect
+from runner.errors import ApiError
+from runner.lockfile import LockEntry
+from runner.models import Manifest
+from runner.plan import Plan, make_plan
+from runner.ratelimit import TokenBucket
+from runner.workspace import Prepared
+
+
+def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[str, LockEntry]:
+    training = {n: e for n, e in entries.items() if e.status == "training" and e.trigger_word}
+    if not training:
+        return dict(entries)
+    out = dict(entries)
+
+    async def ask(client: ApiClient, name: str, entry: LockEntry) -> None:
+        assert entry.trigger_word
+        try:
+            status = await client.status(entry.trigger_word, job=name)
+        except ApiError:
+            return  # shown as last known
+        if status.state == "succeeded":
+            out[name] = entry.evolve(status="succeeded", results=status.results, finished_at=utcnow())
+        elif status.state == "failed":
+            out[name] = entry.evolve(
+                status="failed", error={"status": 0, "message": status.message or "training failed"}
+            )
+
+    async def main(url: str, key: str) -> None:
+        bucket = TokenBucket(manifest.api.requests_per_second, manifest.api.burst)
+        async with ApiClient(url, key, bucket) as client, anyio.create_task_group() as tg:
+            for name, entry in training.items():
+                tg.start_soon(ask, client, name, entry)
+
+    with connect(manifest, None, os.environ) as conn:
+        anyio.run(main, conn.url, conn.api_key)
+    return out
+
+
+def refresh_plan(prepared: Prepared) -> Plan:
+    entries = refresh_entries(prepared.manifest, prepared.state.entries)
+    targets = [c.name for c in prepared.plan.changes] if prepared.targets else []
+    return make_plan(prepared.plan.manifest, prepared.jobs, entries, targets)

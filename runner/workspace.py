@@ -1,0 +1,70 @@
+"""From a manifest path to a plan: load + validate, read the lockfile, fingerprint, plan.
+
+Shared by plan, apply and status so they agree on every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from runner.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
+from runner.lockfile import LockState, read_lockfile
+from runner.models import Manifest
+from runner.plan import Plan, make_plan
+
+
+def digest_cache_path(manifest: Manifest) -> Path:
+    return manifest.folder / ".runner" / "digests.json"
+
+
+def lockfile_for(manifest: Manifest, flag: str | None) -> Path:
+    return Path(flag).absolute() if flag else manifest.default_lockfile()
+
+
+def load(manifest_path: str) -> Manifest:
+    """Validate fully except decoding images, which fingerprinting does for files it reads."""
+    from runner.manifest import load_or_raise
+
+    return load_or_raise(Path(manifest_path), check_images=False)
+
+
+def fingerprint(manifest: Manifest) -> list[Fingerprinted]:
+    from runner.images import check_image_file
+
+    cache = DigestCache(digest_cache_path(manifest))
+    fps = fingerprint_jobs(manifest.jobs, cache, on_miss=check_image_file)
+    try:
+        cache.save()
+    except OSError as exc:
+        # A read-only checkout only loses the cache (speed), never correctness.
+        structlog.get_logger("runner").debug("digest cache not saved", error=str(exc))
+    return fps
+
+
+@dataclass(frozen=True)
+class Prepared:
+    manifest: Manifest
+    display: str
+    lockfile: Path
+    state: LockState
+    jobs: list[Fingerprinted]
+    plan: Plan
+    targets: tuple[str, ...] = ()
+
+
+def prepare(
+    manifest_path: str,
+    lockfile_flag: str | None,
+    targets: list[str],
+    state: LockState | None = None,
+) -> Prepared:
+    manifest = load(manifest_path)
+    lockfile = lockfile_for(manifest, lockfile_flag)
+    if state is None:
+        state = read_lockfile(lockfile)
+    jobs = fingerprint(manifest)
+    plan = make_plan(manifest_path, jobs, state.entries, targets)
+    return Prepared(manifest, manifest_path, lockfile, state, jobs, plan, tuple(targets))
