@@ -1,0 +1,131 @@
+"""The API client's tolerant parsing and retry rules, through httpx.MockTransport.
+
+These are unit tests of answer shapes the sandbox does not produce (the documented list of
+``{"URL": ...}``, unknown status words); the real sandbox is exercised end to end elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from PIL import Image
+
+from runner.client import ApiClient, RetryPolicy, Uncertain, idempotency_key, parse_status
+from runner.errors import ApiError, InsufficientCredit
+from runner.models import Job
+from runner.ratelimit import TokenBucket
+
+FAST = RetryPolicy(attempts=4, timeout=10, wait_initial=0.01, wait_max=0.02, wait_jitter=0.0)
+
+
+def run_client(handler, fn):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        async with ApiClient("http://api.test", "k-123", TokenBucket(None), transport=httpx.MockTransport(handler), retry=FAST) as client:
+            return await fn(client)
+
+    return anyio.run(main)
+
+
+@pytest.fixture()
+def job(tmp_path: Path) -> Job:
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), "red").save(path)
+    return Job(name="a", lora_prefix="SNKR", images=(path,))
+
+
+def test_status_shapes() -> None:
+    """Documented list = succeeded; envelope words map; unknown words mean still running."""
+    assert parse_status({"data": [{"URL": "https://x/o.png"}]}).results == ("https://x/o.png",)
+    assert parse_status({"data": [{"URL": "https://x/o.png"}]}).state == "succeeded"
+    assert parse_status({"data": {"status": "success", "results": ["u"]}}).state == "succeeded"
+    assert parse_status({"data": {"status": "fail"}}).state == "failed"
+    assert parse_status({"data": {"status": "processing_bullet"}}).state == "running"
+    assert parse_status({"data": {"status": "warming_up"}}).state == "running"
+
+
+def test_submit_sends_key_and_reads_trigger_word_from_args(job: Job) -> None:
+    """X-Api-Key and Idempotency-Key go out; the trigger word may sit in data.args."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"data": {"id": "as1", "args": {"trigger_word": "SNKR_x1"}}})
+
+    result = run_client(handler, lambda c: c.submit(job, "key-1"))
+    assert result.trigger_word == "SNKR_x1" and result.asset_id == "as1"
+    assert seen[0].headers["X-Api-Key"] == "k-123"
+    assert seen[0].headers["Idempotency-Key"] == "key-1"
+    body = seen[0].read()
+    assert b'name="image_files"; filename="a.png"' in body
+    assert b'name="lora_prefix"' in body
+
+
+def test_429_is_retried_and_pauses_the_bucket(job: Job) -> None:
+    """A 429 with Retry-After is retried after the pause; the job then succeeds."""
+    answers = [httpx.Response(429, headers={"Retry-After": "0"}, json={"message": "slow"}),
+               httpx.Response(200, json={"data": {"id": "1", "trigger_word": "T_1"}})]
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return answers.pop(0)
+
+    assert run_client(handler, lambda c: c.submit(job, "k")).trigger_word == "T_1"
+    assert len(calls) == 2
+
+
+def test_lost_answer_is_uncertain_unless_keys_are_honoured(job: Job) -> None:
+    """A read error after sending is Uncertain; with an echoing API it is replayed instead."""
+    def lost(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("lost", request=request)
+
+    with pytest.raises(Uncertain):
+        run_client(lost, lambda c: c.submit(job, "k"))
+
+    state = {"n": 0}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        state["n"] += 1
+        if state["n"] == 2:
+            raise httpx.ReadTimeout("lost", request=request)
+        key = request.headers.get("Idempotency-Key", "")
+        return httpx.Response(200, headers={"Idempotency-Key": key}, json={"data": {"id": "1", "trigger_word": "T"}})
+
+    async def twice(c):  # type: ignore[no-untyped-def]
+        await c.submit(job, "k1")  # learns that keys are echoed
+        return await c.submit(job, "k2")
+
+    assert run_client(flaky, twice).trigger_word == "T"
+    assert state["n"] == 3
+
+
+def test_error_answers_map_to_errors(job: Job) -> None:
+    """402 -> InsufficientCredit; 422 detail is summarised; 401 keeps its status."""
+    with pytest.raises(InsufficientCredit):
+        run_client(lambda r: httpx.Response(402, json={"message": "no credit"}), lambda c: c.submit(job, "k"))
+    detail = {"detail": [{"loc": ["body", "option"], "msg": "bad option", "type": "x"}]}
+    with pytest.raises(ApiError, match="option: bad option") as info:
+        run_client(lambda r: httpx.Response(422, json=detail), lambda c: c.submit(job, "k"))
+    assert info.value.status == 422
+    with pytest.raises(ApiError) as info:
+        run_client(lambda r: httpx.Response(401, json={"message": "no"}), lambda c: c.status("T"))
+    assert info.value.status == 401
+
+
+def test_probe_learns_echo() -> None:
+    """The free probe POST tells whether the API echoes Idempotency-Key."""
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, headers={"Idempotency-Key": request.headers["Idempotency-Key"]}, json={"detail": []})
+
+    assert run_client(echo, lambda c: c.probe_idempotency()) is True
+    assert run_client(lambda r: httpx.Response(422, json={"detail": []}), lambda c: c.probe_idempotency()) is False
+
+
+def test_idempotency_key_depends_on_fingerprint_and_attempt() -> None:
+    """Same inputs and attempt -> same key; a new attempt -> a new key."""
+    fp = "sha256:" + "0" * 64
+    assert idempotency_key(fp, 1) == idempotency_key(fp, 1)
+    assert idempotency_key(fp, 1) != idempotency_key(fp, 2)
