@@ -115,7 +115,7 @@ class Applier:
         self,
         plan: Plan,
         session: LockSession,
-        client: ApiClient,
+        client: ApiClient | None,
         settings: ApiSettings,
         options: ApplyOptions,
         reporter: Reporter | None = None,
@@ -123,7 +123,7 @@ class Applier:
     ) -> None:
         self.plan = plan
         self.session = session
-        self.client = client
+        self._client = client
         self.settings = settings
         self.options = options
         self.reporter = reporter or LogReporter()
@@ -135,6 +135,11 @@ class Applier:
         self.stop_submitting = False
         self._post_scopes: set[anyio.CancelScope] = set()
         self._last_flush = clock()
+
+    @property
+    def client(self) -> ApiClient:
+        assert self._client is not None, "a plan with API work needs a client"
+        return self._client
 
     # ----- bookkeeping ---------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 import structlog
 
 _SECRETS: set[str] = set()
+# The resolved output format ("console" or "json"), for views that draw on a terminal.
+current_format = "json"
 REDACTED = "***"
 
 
@@ -64,8 +66,10 @@ def resolve_format(fmt: str, stream: TextIO) -> str:
 
 def configure(log_format: str = "auto", verbosity: int = 0, stream: TextIO | None = None) -> str:
     """Configure structlog once per process; returns the resolved format."""
+    global current_format
     stream = stream or sys.stderr
     fmt = resolve_format(log_format, stream)
+    current_format = fmt
     level = logging.INFO
     if verbosity > 0:
         level = logging.DEBUG

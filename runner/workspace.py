@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from runner.errors import InputError
 from runner.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
 from runner.lockfile import LockState, read_lockfile
 from runner.models import Manifest
@@ -32,16 +33,40 @@ def load(manifest_path: str) -> Manifest:
 
 
 def fingerprint(manifest: Manifest) -> list[Fingerprinted]:
-    from runner.images import check_image_file
+    """Fingerprint every job; images not in the digest cache are decoded-checked first.
+
+    A no-op plan therefore reads no image bytes, while a new or changed file is checked as
+    thoroughly as ``runner validate`` would (and reported at its place in the manifest).
+    """
+    from runner.images import check_file
+
+    bad: list[str] = []
+
+    def check(path: Path) -> None:
+        problem = check_file(path)
+        if problem:
+            bad.append(f"{path}: {problem}")
+            raise _BadImage(problem)
 
     cache = DigestCache(digest_cache_path(manifest))
-    fps = fingerprint_jobs(manifest.jobs, cache, on_miss=check_image_file)
+    try:
+        fps = fingerprint_jobs(manifest.jobs, cache, on_miss=check)
+    except (_BadImage, OSError) as exc:
+        from runner.manifest import load_or_raise
+
+        # Re-validate with image checks to report the problem at its manifest position.
+        load_or_raise(manifest.path, check_images=True)
+        raise InputError("; ".join(bad) or f"cannot read an image: {exc}") from exc
     try:
         cache.save()
     except OSError as exc:
         # A read-only checkout only loses the cache (speed), never correctness.
         structlog.get_logger("runner").debug("digest cache not saved", error=str(exc))
     return fps
+
+
+class _BadImage(Exception):
+    """An image failed its decode check while being fingerprinted."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+"""The live terminal view of an apply (rich): a progress bar, a line per running job, and a
+final summary table. Used only on a terminal; CI gets one JSON log line per state change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.apply import ApplyResult, LogReporter
+from runner.lockfile import LockEntry
+
+ACTIVE = ("submitting", "training", "uncertain")
+
+
+class RichReporter:
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.jobs: dict[str, tuple[str, str, str | None, str | None]] = {}
+        self.total = 0
+        self._live: Any = None
+        self._log = LogReporter()
+
+    def __enter__(self) -> RichReporter:
+        from rich.live import Live
+
+        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def started(self, total: int) -> None:
+        self.total = total
+        self._update()
+
+    def job_changed(self, name: str, action: str, entry: LockEntry | None, message: str | None) -> None:
+        status = entry.status if entry else "skipped"
+        self.jobs[name] = (action, status, entry.trigger_word if entry else None, message)
+        if status in ("failed", "uncertain") and message:
+            self.console.print(f"[red]{name}[/]: {status}: {message}")
+        self._update()
+
+    def _update(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        done = sum(1 for _a, s, _t, _m in self.jobs.values() if s in ("succeeded", "failed", "skipped"))
+        bar = ProgressBar(total=max(self.total, 1), completed=done, width=40)
+        head = Text(f" {done}/{self.total} jobs finished")
+        table = Table(box=None, show_header=False, padding=(0, 1))
+        running = [(n, v) for n, v in sorted(self.jobs.items()) if v[1] in ACTIVE]
+        for name, (action, status, word, _m) in running[:20]:
+            table.add_row(name, action, status, word or "")
+        if len(running) > 20:
+            table.add_row(f"… and {len(running) - 20} more", "", "", "")
+        return Group(Group(bar, head), table)
+
+
+def print_summary_table(result: ApplyResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title="apply", show_lines=False)
+    for col in ("job", "action", "status", "trigger word", "detail"):
+        table.add_column(col)
+    styles = {"succeeded": "green", "failed": "red", "uncertain": "yellow", "training": "cyan"}
+    for o in sorted(result.outcomes, key=lambda o: o.name):
+        if o.action == "noop":
+            continue
+        style = styles.get(o.status, "")
+        detail = o.message if o.status != "succeeded" and o.message else ""
+        table.add_row(o.name, o.action, f"[{style}]{o.status}[/]" if style else o.status, o.trigger_word or "-", detail or "")
+    for name in result.pruned:
+        table.add_row(name, "orphan", "pruned", "-", "")
+    counts: dict[str, int] = {}
+    for o in result.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    table.caption = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(table)
