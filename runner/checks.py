@@ -1,0 +1,416 @@
+"""Semantic checks: what JSON Schema cannot say about a manifest, and resolving its jobs.
+
+The schema checks each job on its own; these checks need the whole file, the environment
+or the disk: unique names, rules that depend on ``defaults`` (a job may inherit
+``option: FluxKontextFinetune``), the endpoint's host, images that must exist and decode,
+Kontext pairs matched by stem. They run on data the schema may have rejected, so every
+access checks the type first and quietly skips what the schema already reported: the user
+sees each problem once.
+
+``Checker.run`` returns the resolved jobs (absolute image paths in upload order); the
+caller discards them when any error was found.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from runner import images as imagefiles
+from runner.diagnostics import Diagnostic, Severity, format_path
+from runner.models import FINETUNE_TYPES, KONTEXT, OPTIONS, ApiSettings, Job
+from runner.yamlload import Document, PathPart
+
+INHERITED = ("option", "finetune_type", "num_iterations", "lora_prefix", "prompt", "webhook_url")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PATH = tuple[PathPart, ...]
+
+
+def parse_duration(value: object) -> float | None:
+    """``10s``, ``500ms``, ``5m``, ``2h``, ``1h30m`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or re.sub(r"\s+", "", _DURATION_PART.sub("", text)):
+        return None
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts)
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """``sandbox``, any https:// URL, or http:// to loopback only (a key must not go in clear)."""
+    if endpoint == "sandbox":
+        return None
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError as exc:
+        return f"invalid URL ({exc})"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        return 'must be "sandbox", an https:// URL, or an http:// URL to this machine'
+    if scheme == "https":
+        return None
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return "http:// is only allowed to this machine (127.0.0.1, localhost, [::1]); use https://"
+
+
+def url_problem(url: str) -> str | None:
+    """None for a well-formed http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError as exc:
+        return f"invalid URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not host:
+        return "URL has no host"
+    return None
+
+
+@dataclass
+class _Use:
+    """One place an image file is used, for placing its problem."""
+
+    path: Path
+    where: _PATH
+    shown: str
+
+
+@dataclass
+class Checker:
+    """Runs the semantic checks on one manifest's data and collects Diagnostics."""
+
+    file: str
+    folder: Path
+    doc: Document
+    check_images: bool = True
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    _uses: list[_Use] = field(default_factory=list)
+
+    def report(
+        self, path: _PATH, message: str, *, severity: Severity = "error", at_key: bool = False
+    ) -> None:
+        line, col = self.doc.position(path, key=at_key)
+        self.diagnostics.append(
+            Diagnostic(self.file, line, col, format_path(list(path)), message, severity)
+        )
+
+    # -- the whole document --------------------------------------------------------------
+
+    def run(self, data: Any) -> tuple[ApiSettings, list[Job]]:
+        if not isinstance(data, dict):
+            return ApiSettings(), []
+        api = self.check_api(data.get("api"))
+        defaults = self.valid_defaults(data.get("defaults"))
+        jobs_data = data.get("jobs")
+        jobs: list[Job] = []
+        if isinstance(jobs_data, list):
+            self.check_names(jobs_data)
+            for index, job in enumerate(jobs_data):
+                if isinstance(job, dict):
+                    resolved = self.check_job(index, job, defaults)
+                    if resolved is not None:
+                        jobs.append(resolved)
+        self.check_files()
+        return api, jobs
+
+    def check_api(self, api: object) -> ApiSettings:
+        if not isinstance(api, dict):
+            return ApiSettings()
+        values: dict[str, Any] = {}
+        endpoint = api.get("endpoint")
+        if isinstance(endpoint, str):
+            problem = endpoint_problem(endpoint)
+            if problem and endpoint.lower().startswith(("http://", "https://")):
+                self.report(("api", "endpoint"), problem)
+            values["endpoint"] = endpoint
+        for key in ("poll_interval", "job_timeout"):
+            if key in api:
+                seconds = parse_duration(api[key])
+                if seconds is not None:
+                    values[key] = seconds
+        for key, kind in (
+            ("api_key_env", str),
+            ("requests_per_second", (int, float)),
+            ("burst", int),
+            ("max_in_flight", int),
+            ("max_uploads", int),
+            ("max_submissions", int),
+        ):
+            value = api.get(key)
+            if isinstance(value, kind) and not isinstance(value, bool):
+                values[key] = float(value) if key == "requests_per_second" else value
+        return ApiSettings(**values)
+
+    def valid_defaults(self, defaults: object) -> dict[str, Any]:
+        """The defaults whose type is right (the schema reports the others)."""
+        if not isinstance(defaults, dict):
+            return {}
+        out = {k: v for k, v in defaults.items() if k in INHERITED and _valid_field(k, v)}
+        if isinstance(out.get("webhook_url"), str):
+            problem = url_problem(out["webhook_url"])
+            if problem and out["webhook_url"].lower().startswith(("http://", "https://")):
+                self.report(("defaults", "webhook_url"), problem)
+        return out
+
+    def check_names(self, jobs: list[Any]) -> None:
+        first: dict[str, int] = {}
+        for index, job in enumerate(jobs):
+            name = job.get("name") if isinstance(job, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in first:
+                line, _ = self.doc.position(("jobs", first[name], "name"))
+                self.report(
+                    ("jobs", index, "name"), f"duplicate job name {name!r} (first used at line {line})"
+                )
+            else:
+                first[name] = index
+
+    # -- one job ----------------------------------------------------------------------------
+
+    def check_job(self, index: int, job: dict[str, Any], defaults: dict[str, Any]) -> Job | None:
+        here: _PATH = ("jobs", index)
+        merged = {**defaults, **{k: v for k, v in job.items() if k in INHERITED}}
+        option = merged.get("option", "FluxFinetune")
+        kontext = option == KONTEXT
+        inherited_option = "option" not in job and "option" in defaults
+        if option not in OPTIONS:
+            return None
+        if inherited_option and kontext:
+            # The schema's Kontext rules see only the job's own option; these see defaults too.
+            for key in ("images", "image_urls"):
+                if key in job:
+                    self.report(
+                        (*here, key),
+                        "not allowed for FluxKontextFinetune jobs (option from defaults); use pairs",
+                        at_key=True,
+                    )
+            if "pairs" not in job:
+                self.report(
+                    here, "missing required key 'pairs' (option FluxKontextFinetune comes from defaults)"
+                )
+            if not isinstance(merged.get("prompt"), str):
+                self.report(
+                    here, "missing required key 'prompt' (option FluxKontextFinetune comes from defaults)"
+                )
+        if "option" not in job and not kontext and "pairs" in job:
+            self.report(
+                (*here, "pairs"),
+                "pairs are only for FluxKontextFinetune jobs; set option: FluxKontextFinetune",
+                at_key=True,
+            )
+        if kontext and "finetune_type" in job:
+            self.report(
+                (*here, "finetune_type"),
+                "finetune_type is ignored for FluxKontextFinetune jobs",
+                severity="warning",
+                at_key=True,
+            )
+        if not kontext and "prompt" in job and option in OPTIONS:
+            self.report(
+                (*here, "prompt"),
+                f"prompt is only used by FluxKontextFinetune jobs; ignored for {option}",
+                severity="warning",
+                at_key=True,
+            )
+        if not kontext and not any(k in job for k in ("images", "image_urls", "pairs")):
+            self.report(here, "no training images: set images, image_urls or pairs")
+        if isinstance(job.get("webhook_url"), str):
+            problem = url_problem(job["webhook_url"])
+            if problem and job["webhook_url"].lower().startswith(("http://", "https://")):
+                self.report((*here, "webhook_url"), problem)
+
+        urls = self.check_urls(here, job.get("image_urls"))
+        paths: list[Path] = []
+        if kontext:
+            paths = self.resolve_pairs(here, job.get("pairs"))
+        elif "images" in job:
+            paths = self.resolve_images(here, job.get("images"))
+
+        name = job.get("name")
+        if not isinstance(name, str) or not all(_valid_field(k, merged[k]) for k in merged):
+            return None
+        return Job(
+            name=name,
+            option=option,
+            finetune_type=merged.get("finetune_type", "Auto"),
+            lora_prefix=merged.get("lora_prefix", "MYLORA"),
+            num_iterations=merged.get("num_iterations", 0),
+            prompt=merged.get("prompt") if kontext else None,
+            images=tuple(paths),
+            image_urls=tuple(urls),
+            webhook_url=merged.get("webhook_url"),
+            line=self.doc.position(here)[0],
+        )
+
+    def check_urls(self, here: _PATH, urls: object) -> list[str]:
+        if not isinstance(urls, list):
+            return []
+        out: list[str] = []
+        for i, url in enumerate(urls):
+            if not isinstance(url, str):
+                continue
+            problem = url_problem(url)
+            # a scheme problem is the schema's to report; the rest (bad host, port) is ours
+            if problem and url.lower().startswith(("http://", "https://")):
+                self.report((*here, "image_urls", i), problem)
+            out.append(url)
+        return out
+
+    def resolve_images(self, here: _PATH, spec: object) -> list[Path]:
+        entries: list[tuple[_PATH, str]]
+        if isinstance(spec, str):
+            entries = [((*here, "images"), spec)]
+        elif isinstance(spec, list):
+            entries = [((*here, "images", i), s) for i, s in enumerate(spec) if isinstance(s, str)]
+        else:
+            return []
+        paths: list[Path] = []
+        for where, text in entries:
+            if not text:
+                continue
+            resolved = imagefiles.resolve(self.folder, text)
+            if resolved.error:
+                self.report(where, f"{resolved.error}: {text}")
+                continue
+            for path in resolved.paths:
+                self._uses.append(_Use(path, where, self.shown(path, text, len(resolved.paths))))
+            paths.extend(resolved.paths)
+        seen: set[Path] = set()
+        for path in paths:
+            if path in seen:
+                self.report(
+                    (*here, "images"),
+                    f"image listed more than once: {self.shown(path, '', 2)}",
+                    severity="warning",
+                    at_key=True,
+                )
+            seen.add(path)
+        return paths
+
+    def resolve_pairs(self, here: _PATH, pairs: object) -> list[Path]:
+        """Kontext pairs in upload order: start, end, start, end..."""
+        where: _PATH = (*here, "pairs")
+        out: list[Path] = []
+        if isinstance(pairs, list):
+            for i, pair in enumerate(pairs):
+                if not isinstance(pair, dict):
+                    continue
+                start, end = pair.get("start"), pair.get("end")
+                if not (isinstance(start, str) and start and isinstance(end, str) and end):
+                    continue  # the schema says which half is missing
+                for key, text in (("start", start), ("end", end)):
+                    path = imagefiles.absolute(self.folder, text)
+                    if not imagefiles.is_supported(path):
+                        self.report(
+                            (*where, i, key),
+                            f"unsupported file type (use {imagefiles.SUPPORTED_TEXT}): {text}",
+                        )
+                    else:
+                        self._uses.append(_Use(path, (*where, i, key), text))
+                    out.append(path)
+            return out
+        if isinstance(pairs, dict):
+            start_dir, end_dir = pairs.get("start_dir"), pairs.get("end_dir")
+            if not (isinstance(start_dir, str) and start_dir and isinstance(end_dir, str) and end_dir):
+                return []
+            starts = self._stems((*where, "start_dir"), start_dir)
+            ends = self._stems((*where, "end_dir"), end_dir)
+            if starts is None or ends is None:
+                return []
+            for stem in sorted(set(starts) - set(ends)):
+                self.report(
+                    (*where, "end_dir"),
+                    f"no end image for start {self.shown(starts[stem], '', 2)} "
+                    f"(expected {stem}.* in {end_dir})",
+                )
+            for stem in sorted(set(ends) - set(starts)):
+                self.report(
+                    (*where, "start_dir"),
+                    f"no start image for end {self.shown(ends[stem], '', 2)} "
+                    f"(expected {stem}.* in {start_dir})",
+                )
+            for stem in sorted(set(starts) & set(ends)):
+                for key, path in (("start_dir", starts[stem]), ("end_dir", ends[stem])):
+                    self._uses.append(_Use(path, (*where, key), self.shown(path, "", 2)))
+                out.extend((starts[stem], ends[stem]))
+        return out
+
+    def _stems(self, where: _PATH, folder_text: str) -> dict[str, Path] | None:
+        folder = imagefiles.absolute(self.folder, folder_text)
+        if not os.path.isdir(folder):
+            reason = "not a folder" if os.path.lexists(folder) else "folder not found"
+            self.report(where, f"{reason}: {folder_text}")
+            return None
+        listed = imagefiles.list_folder(folder)
+        if listed.error:
+            self.report(where, f"{listed.error}: {folder_text}")
+            return None
+        stems: dict[str, Path] = {}
+        for path in listed.paths:
+            stem = path.stem
+            if stem in stems:
+                self.report(
+                    where, f"two images share the stem {stem!r}: {stems[stem].name}, {path.name}"
+                )
+                continue
+            stems[stem] = path
+        return stems
+
+    # -- files ---------------------------------------------------------------------------
+
+    def check_files(self) -> None:
+        """Check every used file once (threaded), then report at each place it is used."""
+        if not self._uses:
+            return
+        results = imagefiles.check_files((u.path for u in self._uses), decode=self.check_images)
+        for use in self._uses:
+            problem = results.get(use.path)
+            if problem:
+                self.report(use.where, f"{problem}: {use.shown}")
+
+    def shown(self, path: Path, written: str, count: int) -> str:
+        """How to name a file in a message: as written when it was one file, else relative."""
+        if count == 1 and written and not imagefiles.is_glob(written):
+            return written
+        try:
+            rel = os.path.relpath(path, self.folder)
+        except ValueError:
+            return str(path)
+        return str(path) if rel.startswith("..") else rel
+
+
+def _valid_field(key: str, value: object) -> bool:
+    """Is an inherited field's value of the right kind to build a Job (schema-checked)?"""
+    if key == "option":
+        return value in OPTIONS
+    if key == "finetune_type":
+        return value in FINETUNE_TYPES
+    if key == "num_iterations":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if key == "lora_prefix":
+        return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]{0,31}", value) is not None
+    if key in ("prompt", "webhook_url"):
+        return isinstance(value, str) and bool(value)
+    return False

@@ -1,0 +1,230 @@
+"""Training images on disk: resolve folders, globs and lists; check each file is a real image.
+
+Resolution is deterministic because the order of images is part of a job's fingerprint and,
+for Kontext, of its meaning: folders and globs are read in sorted order, hidden files are
+skipped, and only ``.jpg .jpeg .png .webp`` count.
+
+The image check must be fast enough for thousands of jobs yet catch what would make an
+upload fail: it reads the header with Pillow (lazily imported; restricted to JPEG, PNG and
+WebP so no other decoder runs on user files), refuses decompression bombs by pixel count
+before any pixel is decoded, and tells a truncated file from a whole one by looking at its
+tail (JPEG end marker, PNG ``IEND``, WebP RIFF length); only when the tail looks wrong does
+it decode (a 1/8-scale JPEG draft, or PNG CRC verification) to be sure. Every file is opened
+non-blocking after ``stat`` says it is a regular file, so a FIFO never hangs us and symlink
+loops and unreadable files come back as messages. Results are cached per file identity
+(inode, size, mtime) so plan and apply re-validating the manifest costs stats only.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import stat
+import threading
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any
+
+SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SUPPORTED_TEXT = " ".join(SUPPORTED_SUFFIXES)
+MAX_PIXELS = 89_478_485  # Pillow's default MAX_IMAGE_PIXELS: 0.25 GB of 24-bit RGB
+MAX_GLOB_MATCHES = 100_000
+_FORMATS = ("JPEG", "PNG", "WEBP")  # JPEG also opens cameras' multi-picture (MPO) files
+_TAIL = 4096
+
+_cache: dict[tuple[int, int, int, int, bool], str | None] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass
+class Resolved:
+    """What one ``images`` entry resolved to: absolute paths in order, or why it failed."""
+
+    paths: list[Path] = field(default_factory=list)
+    error: str | None = None
+
+
+def is_glob(spec: str) -> bool:
+    return glob.has_magic(spec)
+
+
+def is_supported(path: str | Path) -> bool:
+    return str(path).lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def absolute(folder: Path, spec: str) -> Path:
+    """Join lexically (no symlink resolution): the path we show and upload is the one written."""
+    return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(spec))))
+
+
+def list_folder(path: Path) -> Resolved:
+    """Images directly inside ``path``, sorted by name; hidden files and other types skipped."""
+    try:
+        with os.scandir(path) as entries:
+            names = sorted(
+                e.name for e in entries if not e.name.startswith(".") and is_supported(e.name)
+            )
+    except OSError as exc:
+        return Resolved(error=describe_os_error(exc))
+    if not names:
+        return Resolved(error=f"no images in folder (looked for {SUPPORTED_TEXT})")
+    return Resolved(paths=[path / name for name in names])
+
+
+def resolve(folder: Path, spec: str) -> Resolved:
+    """One ``images`` entry: a glob, a folder or a single file, relative to ``folder``."""
+    if is_glob(spec):
+        pattern = os.path.join(folder, os.path.expanduser(spec))
+        try:
+            matches = list(islice(glob.iglob(pattern, recursive=True), MAX_GLOB_MATCHES + 1))
+        except (OSError, RecursionError) as exc:
+            return Resolved(error=f"cannot expand glob: {exc}")
+        if len(matches) > MAX_GLOB_MATCHES:
+            return Resolved(error=f"glob matches more than {MAX_GLOB_MATCHES} files")
+        images = sorted(os.path.normpath(m) for m in matches if is_supported(m) and not os.path.isdir(m))
+        if not images:
+            return Resolved(error=f"no images match (looked for {SUPPORTED_TEXT})")
+        return Resolved(paths=[Path(m) for m in images])
+    path = absolute(folder, spec)
+    if os.path.isdir(path):
+        return list_folder(path)
+    if not is_supported(path) and os.path.lexists(path):
+        return Resolved(error=f"unsupported file type (use {SUPPORTED_TEXT})")
+    return Resolved(paths=[path])
+
+
+def describe_os_error(exc: OSError) -> str:
+    """Short, stable words for the errors users meet (no errno numbers, no paths)."""
+    if exc.errno == errno.ENOENT:
+        return "file not found"
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ENOTDIR:
+        return "a parent of this path is not a folder"
+    return (exc.strerror or str(exc)).lower()
+
+
+def check_file(path: Path, *, decode: bool = True) -> str | None:
+    """None if ``path`` is a readable JPEG/PNG/WebP image; otherwise what is wrong with it."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return "broken symlink"
+        return describe_os_error(exc)
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an image"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, socket or device)"
+    if st.st_size == 0:
+        return "empty file"
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, decode)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    result = _check_open(path, st.st_size, decode)
+    with _cache_lock:
+        _cache[key] = result
+    return result
+
+
+def _check_open(path: Path, size: int, decode: bool) -> str | None:
+    try:
+        # O_NONBLOCK: if the file was swapped for a FIFO since the stat, open must not wait.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        return describe_os_error(exc)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return "not a regular file (a FIFO, socket or device)"
+            return _check_image(fh, size) if decode else None
+    except OSError as exc:
+        return describe_os_error(exc)
+
+
+def _pil() -> Any:
+    """Import Pillow on first use only, so commands that never look at images start fast."""
+    from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+
+    del JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # registered on import
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse by size ourselves
+    return Image
+
+
+def _check_image(fh: IO[bytes], size: int) -> str | None:
+    Image = _pil()
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(fh, formats=_FORMATS) as im:
+            fmt = im.format
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                return "image has no pixels"
+            if width * height > MAX_PIXELS:
+                return (
+                    f"image is {width}x{height} pixels, over the limit of {MAX_PIXELS} "
+                    "(refused as a possible decompression bomb)"
+                )
+            if _tail_ok(fh, fmt, size):
+                return None
+            return _deep_check(im, fmt)
+    except Image.DecompressionBombError:
+        return f"image has too many pixels (over {MAX_PIXELS}; refused as a decompression bomb)"
+    except UnidentifiedImageError:
+        return "not a JPEG, PNG or WebP image"
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
+        return f"cannot read image ({exc})"
+    except Exception as exc:  # a decoder's surprise on a hostile file is still just a bad file
+        return f"cannot read image ({type(exc).__name__}: {exc})"
+
+
+def _tail_ok(fh: IO[bytes], fmt: str | None, size: int) -> bool:
+    """Cheap completeness check on the last bytes; False means 'look closer', not 'bad'."""
+    if fmt == "WEBP":
+        fh.seek(0)
+        head = fh.read(12)
+        declared = int.from_bytes(head[4:8], "little") + 8
+        return head[:4] == b"RIFF" and declared <= size
+    fh.seek(max(0, size - _TAIL))
+    tail = fh.read(_TAIL).rstrip(b"\x00\r\n\t ")
+    if fmt in ("JPEG", "MPO"):
+        return tail.endswith(b"\xff\xd9")
+    if fmt == "PNG":
+        return b"IEND" in tail[-12:]
+    return False
+
+
+def _deep_check(im: Any, fmt: str | None) -> str | None:
+    """Decode just enough to be sure: JPEG at 1/8 scale, PNG by CRC of every chunk."""
+    try:
+        if fmt == "PNG":
+            im.verify()
+        else:
+            im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+            im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        reason = str(exc)
+        if "truncated" in reason or isinstance(exc, EOFError):
+            return f"truncated {fmt} image"
+        return f"corrupt {fmt} image ({reason})"
+    return None
+
+
+def check_files(paths: Iterable[Path], *, decode: bool = True) -> dict[Path, str | None]:
+    """Check many files at once, each only once, in a thread pool (I/O and zlib drop the GIL)."""
+    unique = list(dict.fromkeys(paths))
+    if len(unique) < 64:
+        return {p: check_file(p, decode=decode) for p in unique}
+    workers = min(32, (os.cpu_count() or 1) * 4)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgcheck") as pool:
+        results = pool.map(lambda p: check_file(p, decode=decode), unique, chunksize=16)
+        return dict(zip(unique, results, strict=True))

@@ -1,0 +1,215 @@
+"""JSON Schema validation (draft 2020-12) turned into readable, positioned Diagnostics.
+
+jsonschema's own messages quote whole sub-schemas and, for ``anyOf``/``oneOf``, say only
+that nothing matched. Users need the key, what was expected and what was found, so this
+module rewrites each error: unknown keys get a "did you mean", enums list their choices,
+``anyOf`` failures either descend into the one branch whose type matched or say which
+types were allowed. Two annotation keywords in our schemas (ignored by editors and by
+jsonschema) carry messages a generic translation cannot guess:
+
+- ``x-error``: the message to show when the sub-schema carrying it fails as a whole;
+- ``x-when``: the condition of an ``if``/``then``, appended to "missing key" messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from runner.diagnostics import Diagnostic, format_path
+from runner.schemafiles import load_schema
+from runner.yamlload import Document, PathPart
+
+_PATTERN_HINTS = {
+    "^[a-z0-9][a-z0-9._-]*$": "use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit",
+    "^[A-Za-z0-9][A-Za-z0-9_]{0,31}$": "use up to 32 letters, digits and '_', starting with a letter or digit",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "use letters, digits and '_', not starting with a digit",
+}
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    """One compiled validator per schema for the life of the process."""
+    return Draft202012Validator(load_schema(name))
+
+
+def validate(data: Any, doc: Document | None, file: str, schema: str = "manifest") -> list[Diagnostic]:
+    """Every schema error in ``data`` as a Diagnostic placed with ``doc`` (may be None)."""
+    out: list[Diagnostic] = []
+    for error in validator(schema).iter_errors(data):
+        for path, message, at_key in _explain(error):
+            line, col = doc.position(path, key=at_key) if doc is not None else (0, 0)
+            out.append(Diagnostic(file, line, col, format_path(list(path)), message))
+    return out
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "null",
+}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _explain(error: ValidationError) -> Iterable[tuple[tuple[PathPart, ...], str, bool]]:
+    """Yield ``(path, message, place_at_key)`` for one jsonschema error."""
+    path: tuple[PathPart, ...] = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    kind = error.validator
+    instance = error.instance
+
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        known = sorted(schema.get("properties", {}))
+        extra = [k for k in instance if k not in schema.get("properties", {})]
+        for key in extra:
+            hint = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; expected one of: {', '.join(known)}"
+            yield (*path, key), f"unknown key {key!r}{suggestion}", True
+        return
+
+    if kind in ("anyOf", "oneOf") and isinstance(instance, dict | list):
+        branch = _matching_branch(error)
+        if branch:
+            for sub in branch:
+                yield from _explain(sub)
+            return
+
+    if "x-error" in schema and kind in ("anyOf", "oneOf", "not", "pattern", "type"):
+        if kind == "not":
+            yield path, schema["x-error"], True
+        else:
+            yield path, f"{schema['x-error']} (got {_short(instance)})", False
+        return
+
+    if kind in ("anyOf", "oneOf"):
+        yield from _explain_branches(error, path)
+        return
+
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        when = f" (required when {schema['x-when']})" if "x-when" in schema else ""
+        yield path, f"missing required key {missing!r}{when}", False
+        return
+
+    if kind == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)
+        words = " or ".join(_TYPE_WORDS.get(n, n) for n in names)
+        yield path, f"expected {words}, got {_type_name(instance)}", False
+        return
+
+    if kind == "enum":
+        choices = [c for c in error.validator_value if c is not None]
+        hint = difflib.get_close_matches(str(instance), [str(c) for c in choices], n=1, cutoff=0.6)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        yield path, f"{_short(instance)} is not one of: {', '.join(map(str, choices))}{suggestion}", False
+        return
+
+    if kind == "const":
+        yield path, f"must be {error.validator_value!r}, got {_short(instance)}", False
+        return
+
+    if kind == "pattern":
+        hint = _PATTERN_HINTS.get(str(error.validator_value))
+        why = hint or f"must match {error.validator_value}"
+        yield path, f"{_short(instance)} is not valid: {why}", False
+        return
+
+    if kind in ("minItems", "minLength"):
+        n = error.validator_value
+        if kind == "minLength" and n == 1:
+            yield path, "must not be empty", False
+        else:
+            unit = "item" if kind == "minItems" else "character"
+            yield path, f"needs at least {n} {unit}{'s' if n != 1 else ''}", False
+        return
+
+    if kind == "maxLength":
+        yield path, f"is too long (at most {error.validator_value} characters)", False
+        return
+
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+        yield path, f"must be {op} {error.validator_value}, got {_short(instance)}", False
+        return
+
+    if kind == "not":
+        yield path, "is not allowed here", True
+        return
+
+    if kind == "propertyNames" and error.context:
+        yield path, f"invalid key: {error.context[0].message}", False
+        return
+
+    yield path, error.message, False
+
+
+def _matching_branch(error: ValidationError) -> list[ValidationError] | None:
+    """For anyOf/oneOf: the errors of the one branch whose ``type`` the value has, if any.
+
+    That branch is the one the user meant (a list of pairs vs a mapping of folders), so
+    its errors ("missing key end_dir") say more than "matched none of the branches".
+    """
+    branches = error.validator_value if isinstance(error.validator_value, list) else []
+    by_branch: dict[int, list[ValidationError]] = {}
+    for sub in error.context or []:
+        by_branch.setdefault(int(sub.schema_path[0]), []).append(sub)
+    matching = [
+        i
+        for i, branch in enumerate(branches)
+        if isinstance(branch, dict)
+        and "type" in branch
+        and not any(e.validator == "type" and len(e.relative_path) == 0 for e in by_branch.get(i, []))
+    ]
+    if len(matching) == 1 and by_branch.get(matching[0]):
+        return by_branch[matching[0]]
+    return None
+
+
+def _explain_branches(
+    error: ValidationError, path: tuple[PathPart, ...]
+) -> Iterable[tuple[tuple[PathPart, ...], str, bool]]:
+    """For anyOf/oneOf without a clear branch: list the types that were allowed."""
+    branch = _matching_branch(error)
+    if branch:
+        for sub in branch:
+            yield from _explain(sub)
+        return
+    branches = error.validator_value if isinstance(error.validator_value, list) else []
+    types = [b["type"] for b in branches if isinstance(b, dict) and isinstance(b.get("type"), str)]
+    if types:
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in dict.fromkeys(types))
+        yield path, f"expected {words}, got {_type_name(error.instance)}", False
+        return
+    yield path, f"{_short(error.instance)} is not valid here", False
