@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", action="append", default=[], metavar="K")
     s.add_argument("--allow-external-webhooks", action="store_true")
     s.add_argument("--max-upload-mb", type=float, default=100.0, metavar="MB")
+    s.add_argument(
+        "--fault-kinds",
+        default=None,
+        metavar="K,K",
+        help="comma-separated faults to inject: 500,502,503,drop,slow,lost_post (default: all)",
+    )
+    s.add_argument("--seed", type=int, default=None, metavar="N", help="seed the fault RNG")
     return parser
 
 

@@ -1,0 +1,175 @@
+"""Running the sandbox: ``start_server`` (uvicorn in a thread) and ``runner sandbox serve``.
+
+``start_server`` binds the socket itself before uvicorn starts, so port 0 gives a free
+port that is known (and accepting) by the time the context manager yields; the embedded
+``api.endpoint: sandbox`` default and end-to-end tests rely on that.
+
+The CLI runs the same thread-based server and waits in the main thread, because uvicorn's
+own signal handling re-raises SIGINT after shutdown (which would turn a clean stop into
+exit 130); here SIGINT/SIGTERM simply stop the server and ``run`` returns 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from runner.errors import UsageError
+from runner.sandbox.config import FAULT_KINDS, SandboxConfig
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class RunningSandbox:
+    """What ``start_server`` yields: where the server listens, and its app."""
+
+    url: str
+    host: str
+    port: int
+    config: SandboxConfig
+    app: Any
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {_url(host, port)}: {exc.strerror or exc}") from exc
+    return sock
+
+
+@contextmanager
+def start_server(
+    config: SandboxConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    app: Any = None,
+    log_level: str = "warning",
+) -> Iterator[RunningSandbox]:
+    """Serve the sandbox in a background thread until the block exits."""
+    import uvicorn
+
+    from runner.sandbox.app import create_app
+
+    if app is None:
+        app = create_app(config)
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=log_level,
+            access_log=log_level in ("debug", "info"),
+            lifespan="on",
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=5,
+        )
+    )
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # surfaced to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=serve, name=f"sandbox-{bound_port}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not server.started:
+            if failure or not thread.is_alive():
+                raise RuntimeError(f"sandbox server failed to start: {failure[:1]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("sandbox server did not start in time")
+            time.sleep(0.002)
+        yield RunningSandbox(_url(host, bound_port), host, bound_port, config, app)
+    finally:
+        server.should_exit = True
+        thread.join(STOP_TIMEOUT)
+        if thread.is_alive():  # pragma: no cover - a hung request; do not hang the caller
+            server.force_exit = True
+            thread.join(STOP_TIMEOUT)
+        sock.close()
+
+
+def config_from_args(args: argparse.Namespace) -> SandboxConfig:
+    """CLI flags → SandboxConfig; every bad value is a UsageError (exit 1)."""
+    kinds_text = getattr(args, "fault_kinds", None)
+    kinds = (
+        tuple(k.strip() for k in kinds_text.split(",") if k.strip()) if kinds_text else FAULT_KINDS
+    )
+    max_mb = args.max_upload_mb
+    if not isinstance(max_mb, int | float) or not max_mb > 0:
+        raise UsageError(f"--max-upload-mb must be > 0, not {max_mb!r}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be between 0 and 65535, not {args.port}")
+    return SandboxConfig(
+        state_dir=Path(args.state_dir),
+        train_seconds=args.train_seconds,
+        credits=args.credits,
+        rate_limit=args.rate_limit,
+        fault_rate=args.fault_rate,
+        fault_delay=args.fault_delay,
+        fault_kinds=kinds,
+        api_keys=tuple(args.api_key or ()),
+        allow_external_webhooks=bool(args.allow_external_webhooks),
+        max_upload_bytes=int(max_mb * 1024 * 1024),
+        seed=getattr(args, "seed", None),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``runner sandbox serve``: first stdout line is ``sandbox listening on URL``."""
+    config = config_from_args(args)
+    verbosity = (getattr(args, "verbose", 0) or 0) - (getattr(args, "quiet", 0) or 0)
+    log_level = "info" if verbosity > 0 else "warning"
+    logging.getLogger("runner.sandbox").setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with start_server(config, args.host, args.port, log_level=log_level) as running:
+            print(f"sandbox listening on {running.url}", flush=True)
+            print(
+                f"state in {config.state_dir}; train-seconds {config.train_seconds}; "
+                "Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,333 @@
+"""SQLite state: accounts (credit ledger), assets (trainings) and idempotency records.
+
+One connection guarded by a lock, WAL journal. Every call is a short transaction run on
+the event loop: simpler than a thread pool and fast enough, because rows are tiny and the
+slow parts (uploads, PNG rendering) happen elsewhere. API keys are never stored: an
+account is the SHA-256 of its key.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    balance INTEGER,
+    credits_charged INTEGER NOT NULL DEFAULT 0,
+    trainings INTEGER NOT NULL DEFAULT 0,
+    posts INTEGER NOT NULL DEFAULT 0,
+    replays INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS assets (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    trigger_word TEXT NOT NULL UNIQUE,
+    args TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    duration REAL NOT NULL,
+    final_at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    status TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    history TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    image_dir TEXT NOT NULL,
+    images TEXT NOT NULL,
+    webhook_url TEXT,
+    webhook_state TEXT NOT NULL DEFAULT 'none',
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    webhook_next_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS assets_due ON assets (final_at) WHERE status NOT IN ('success', 'fail');
+CREATE INDEX IF NOT EXISTS assets_hooks ON assets (webhook_next_at) WHERE webhook_state = 'pending';
+CREATE TABLE IF NOT EXISTS idempotency (
+    account TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (account, key)
+);
+"""
+
+
+class InsufficientCredit(Exception):
+    """The account's balance cannot pay for one more training."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One training as stored; ``status`` is the last materialized state, see training.py."""
+
+    id: str
+    account: str
+    trigger_word: str
+    args: dict[str, Any]
+    created_at: float
+    duration: float
+    final_at: float
+    outcome: str
+    status: str
+    updated_at: float
+    history: list[dict[str, Any]]
+    base_url: str
+    image_dir: str
+    images: list[str]
+    webhook_url: str | None
+    webhook_state: str
+    webhook_attempts: int
+    webhook_next_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Asset:
+        data = dict(row)
+        for name in ("args", "history", "images"):
+            data[name] = json.loads(data[name])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class IdempotentAnswer:
+    request_hash: str
+    status_code: int
+    body: bytes
+    created_at: float
+
+
+class Store:
+    """The sandbox's only persistent state; safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of the process (not of the machine): enough
+        # for a stand-in, and it keeps a POST at well under a millisecond of SQLite time.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- accounts -------------------------------------------------------------------
+
+    def reset_balances(self, credits: int | None) -> None:
+        """``--credits N`` sets every key's balance at start-up, including known ones."""
+        with self._tx() as db:
+            db.execute("UPDATE accounts SET balance = ?", (credits,))
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('credits', ?)",
+                (json.dumps(credits),),
+            )
+
+    def ensure_account(self, account: str, customer_id: str, credits: int | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO accounts (id, customer_id, balance) VALUES (?, ?, ?)",
+                (account, customer_id, credits),
+            )
+
+    def count_post(self, account: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE accounts SET posts = posts + 1 WHERE id = ?", (account,))
+
+    def count_replay(self, account: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE accounts SET replays = replays + 1 WHERE id = ?", (account,))
+
+    def ledger(self, account: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT credits_charged, trainings, posts, replays, balance FROM accounts"
+                " WHERE id = ?",
+                (account,),
+            ).fetchone()
+        if row is None:
+            return {"credits_charged": 0, "trainings": 0, "posts": 0, "replays": 0, "balance": None}
+        return dict(row)
+
+    # -- assets ---------------------------------------------------------------------
+
+    def create_asset(
+        self,
+        *,
+        make_trigger_word: Callable[[], str],
+        cost: int,
+        asset_id: str,
+        account: str,
+        args: dict[str, Any],
+        created_at: float,
+        duration: float,
+        outcome: str,
+        status: str,
+        history: list[dict[str, Any]],
+        base_url: str,
+        image_dir: str,
+        images: list[str],
+        webhook_url: str | None,
+    ) -> Asset:
+        """Charge and insert in one transaction, so a training is never started unpaid
+        nor paid twice; the trigger word is drawn again on the (rare) collision."""
+        with self._tx() as db:
+            row = db.execute("SELECT balance FROM accounts WHERE id = ?", (account,)).fetchone()
+            balance = None if row is None else row["balance"]
+            if balance is not None and balance < cost:
+                raise InsufficientCredit(balance)
+            for _ in range(100):
+                trigger_word = make_trigger_word()
+                try:
+                    db.execute(
+                        "INSERT INTO assets (id, account, trigger_word, args, created_at, duration,"
+                        " final_at, outcome, status, updated_at, history, base_url, image_dir,"
+                        " images, webhook_url) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            asset_id,
+                            account,
+                            trigger_word,
+                            json.dumps({**args, "trigger_word": trigger_word}),
+                            created_at,
+                            duration,
+                            created_at + duration,
+                            outcome,
+                            status,
+                            created_at,
+                            json.dumps(history),
+                            base_url,
+                            image_dir,
+                            json.dumps(images),
+                            webhook_url,
+                        ),
+                    )
+                    break
+                except sqlite3.IntegrityError:
+                    continue
+            else:  # pragma: no cover - 36**6 suffixes make this practically impossible
+                raise RuntimeError("could not draw a unique trigger word")
+            db.execute(
+                "UPDATE accounts SET balance = CASE WHEN balance IS NULL THEN NULL"
+                " ELSE balance - ? END, credits_charged = credits_charged + ?,"
+                " trainings = trainings + 1 WHERE id = ?",
+                (cost, cost, account),
+            )
+        asset = self.get_asset(account, asset_id)
+        assert asset is not None
+        return asset
+
+    def get_asset(self, account: str, ident: str) -> Asset | None:
+        """By asset id or trigger word, and only within the account (isolation)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM assets WHERE account = ? AND (id = ? OR trigger_word = ?)",
+                (account, ident, ident),
+            ).fetchone()
+        return None if row is None else Asset.from_row(row)
+
+    def get_asset_by_id(self, asset_id: str) -> Asset | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM assets WHERE id = ?", (asset_id,)).fetchone()
+        return None if row is None else Asset.from_row(row)
+
+    def advance_asset(
+        self,
+        asset_id: str,
+        *,
+        from_status: str,
+        status: str,
+        updated_at: float,
+        history: list[dict[str, Any]],
+        webhook_state: str | None = None,
+    ) -> bool:
+        """Compare-and-set on the status, so only one caller wins each transition (and
+        therefore only one of them schedules the webhook)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE assets SET status = ?, updated_at = ?, history = ?,"
+                " webhook_state = COALESCE(?, webhook_state) WHERE id = ? AND status = ?",
+                (status, updated_at, json.dumps(history), webhook_state, asset_id, from_status),
+            )
+            return cur.rowcount == 1
+
+    def due_asset_ids(self, now: float, limit: int = 500) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM assets WHERE status NOT IN ('success', 'fail') AND final_at <= ?"
+                " ORDER BY final_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    def due_webhook_ids(self, now: float, limit: int = 100) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM assets WHERE webhook_state = 'pending' AND webhook_next_at <= ?"
+                " ORDER BY webhook_next_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    def set_webhook(
+        self, asset_id: str, *, state: str, attempts: int, next_at: float, note: str | None
+    ) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT history FROM assets WHERE id = ?", (asset_id,)).fetchone()
+            if row is None:
+                return
+            history = json.loads(row["history"])
+            if note:
+                history.append({"status": "webhook", "message": note})
+            db.execute(
+                "UPDATE assets SET webhook_state = ?, webhook_attempts = ?, webhook_next_at = ?,"
+                " history = ? WHERE id = ?",
+                (state, attempts, next_at, json.dumps(history), asset_id),
+            )
+
+    # -- idempotency ----------------------------------------------------------------
+
+    def get_idempotent(self, account: str, key: str, since: float) -> IdempotentAnswer | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT request_hash, status_code, body, created_at FROM idempotency"
+                " WHERE account = ? AND key = ? AND created_at >= ?",
+                (account, key, since),
+            ).fetchone()
+        return None if row is None else IdempotentAnswer(**dict(row))
+
+    def put_idempotent(
+        self, account: str, key: str, request_hash: str, status_code: int, body: bytes, now: float
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency (account, key, request_hash, status_code,"
+                " body, created_at) VALUES (?,?,?,?,?,?)",
+                (account, key, request_hash, status_code, body, now),
+            )
+
+    def purge_idempotent(self, before: float) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
