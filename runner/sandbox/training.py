@@ -71,7 +71,7 @@ def new_asset_id() -> str:
 
 def timestamp(ts: float) -> str:
     """The service's format: ``2025-05-06 16:35:59.840508+00:00``."""
-    return str(datetime.fromtimestamp(ts, tz=UTC))
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(sep=" ", timespec="microseconds")
 
 
 def transitions(asset: Asset) -> list[tuple[str, float]]:
