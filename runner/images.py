@@ -182,9 +182,24 @@ def _check_image(fh: IO[bytes], size: int) -> str | None:
     except UnidentifiedImageError:
         return "not a JPEG, PNG or WebP image"
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
-        return f"cannot read image ({exc})"
+        return _damage(fh, size, exc)
     except Exception as exc:  # a decoder's surprise on a hostile file is still just a bad file
         return f"cannot read image ({type(exc).__name__}: {exc})"
+
+
+def _damage(fh: IO[bytes], size: int, exc: BaseException) -> str:
+    """Name the usual damage (a cut-off copy) plainly; show the decoder's words otherwise."""
+    reason = str(exc)
+    if "truncat" in reason.lower() or isinstance(exc, EOFError):
+        return "truncated image"
+    try:
+        fh.seek(0)
+        head = fh.read(12)
+    except OSError:
+        head = b""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and int.from_bytes(head[4:8], "little") + 8 > size:
+        return "truncated image"
+    return f"corrupt image ({reason})"
 
 
 def _tail_ok(fh: IO[bytes], fmt: str | None, size: int) -> bool:
@@ -213,9 +228,9 @@ def _deep_check(im: Any, fmt: str | None) -> str | None:
             im.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         reason = str(exc)
-        if "truncated" in reason or isinstance(exc, EOFError):
-            return f"truncated {fmt} image"
-        return f"corrupt {fmt} image ({reason})"
+        if "truncat" in reason.lower() or isinstance(exc, EOFError):
+            return "truncated image"
+        return f"corrupt image ({reason})"
     return None
 
 

@@ -1,0 +1,39 @@
+"""Shared fixtures. Plain helpers live in ``tests/helpers.py`` (``from helpers import ...``).
+
+Keep this file to thin fixtures, grouped by the area that uses them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# tests/ on sys.path for every test, including those in sub-folders (tests/sandbox/...),
+# so ``from helpers import make_image`` works everywhere.
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+from helpers import DATA, REPO_ROOT, write_manifest  # noqa: E402
+
+# -- manifests -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The checkout's root folder (examples/, schemas/)."""
+    return REPO_ROOT
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """``tests/data``: bad-input manifests shared by tests."""
+    return DATA
+
+
+@pytest.fixture
+def manifest_path(tmp_path: Path) -> Path:
+    """A valid one-job manifest with two real PNG images, in ``tmp_path``."""
+    return write_manifest(tmp_path)
