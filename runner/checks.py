@@ -294,15 +294,16 @@ class Checker:
             if resolved.error:
                 self.report(where, f"{resolved.error}: {text}")
                 continue
+            single = len(resolved.paths) == 1 and resolved.paths[0] == imagefiles.absolute(self.folder, text)
             for path in resolved.paths:
-                self._uses.append(_Use(path, where, self.shown(path, text, len(resolved.paths))))
+                self._uses.append(_Use(path, where, text if single else self.shown(path)))
             paths.extend(resolved.paths)
         seen: set[Path] = set()
         for path in paths:
             if path in seen:
                 self.report(
                     (*here, "images"),
-                    f"image listed more than once: {self.shown(path, '', 2)}",
+                    f"image listed more than once: {self.shown(path)}",
                     severity="warning",
                     at_key=True,
                 )
@@ -342,18 +343,18 @@ class Checker:
             for stem in sorted(set(starts) - set(ends)):
                 self.report(
                     (*where, "end_dir"),
-                    f"no end image for start {self.shown(starts[stem], '', 2)} "
+                    f"no end image for start {self.shown(starts[stem])} "
                     f"(expected {stem}.* in {end_dir})",
                 )
             for stem in sorted(set(ends) - set(starts)):
                 self.report(
                     (*where, "start_dir"),
-                    f"no start image for end {self.shown(ends[stem], '', 2)} "
+                    f"no start image for end {self.shown(ends[stem])} "
                     f"(expected {stem}.* in {start_dir})",
                 )
             for stem in sorted(set(starts) & set(ends)):
                 for key, path in (("start_dir", starts[stem]), ("end_dir", ends[stem])):
-                    self._uses.append(_Use(path, (*where, key), self.shown(path, "", 2)))
+                    self._uses.append(_Use(path, (*where, key), self.shown(path)))
                 out.extend((starts[stem], ends[stem]))
         return out
 
@@ -390,10 +391,8 @@ class Checker:
             if problem:
                 self.report(use.where, f"{problem}: {use.shown}")
 
-    def shown(self, path: Path, written: str, count: int) -> str:
-        """How to name a file in a message: as written when it was one file, else relative."""
-        if count == 1 and written and not imagefiles.is_glob(written):
-            return written
+    def shown(self, path: Path) -> str:
+        """How to name a file found through a folder or glob: relative to the manifest."""
         try:
             rel = os.path.relpath(path, self.folder)
         except ValueError:

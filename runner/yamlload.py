@@ -288,7 +288,7 @@ class _Builder:
                 value = constructor(loader, yaml.ScalarNode(tag, event.value, style=event.style))
             except (yaml.YAMLError, ValueError) as exc:
                 raise YamlError(f"invalid {tag.rsplit(':', 1)[-1]}: {exc}", line, col) from None
-        node = Node("scalar", line, col, value=value, style=event.style)
+        node = Node("scalar", line, col, value=value, style=event.style or None)
         if tag == _MERGE_TAG:
             node.style = "merge"
         if event.anchor:
