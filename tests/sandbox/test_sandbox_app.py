@@ -327,7 +327,7 @@ async def test_oversized_streamed_upload_is_413(asgi: Callable[..., httpx.AsyncC
 
     async def chunks() -> Any:
         yield (
-            b"--zzz\r\nContent-Disposition: form-data; name=\"image_files\"; filename=\"a.png\"\r\n"
+            b'--zzz\r\nContent-Disposition: form-data; name="image_files"; filename="a.png"\r\n'
             b"Content-Type: image/png\r\n\r\n"
         )
         for _ in range(10):
