@@ -93,7 +93,7 @@ class _Use:
 
     path: Path
     where: _PATH
-    shown: str
+    shown: str | None  # None: name it relative to the manifest, computed only if reported
 
 
 @dataclass
@@ -296,7 +296,7 @@ class Checker:
                 continue
             single = len(resolved.paths) == 1 and resolved.paths[0] == imagefiles.absolute(self.folder, text)
             for path in resolved.paths:
-                self._uses.append(_Use(path, where, text if single else self.shown(path)))
+                self._uses.append(_Use(path, where, text if single else None))
             paths.extend(resolved.paths)
         seen: set[Path] = set()
         for path in paths:
@@ -354,7 +354,7 @@ class Checker:
                 )
             for stem in sorted(set(starts) & set(ends)):
                 for key, path in (("start_dir", starts[stem]), ("end_dir", ends[stem])):
-                    self._uses.append(_Use(path, (*where, key), self.shown(path)))
+                    self._uses.append(_Use(path, (*where, key), None))
                 out.extend((starts[stem], ends[stem]))
         return out
 
@@ -389,7 +389,7 @@ class Checker:
         for use in self._uses:
             problem = results.get(use.path)
             if problem:
-                self.report(use.where, f"{problem}: {use.shown}")
+                self.report(use.where, f"{problem}: {use.shown or self.shown(use.path)}")
 
     def shown(self, path: Path) -> str:
         """How to name a file found through a folder or glob: relative to the manifest."""

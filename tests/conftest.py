@@ -5,6 +5,7 @@ Keep this file to thin fixtures, grouped by the area that uses them.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
 from helpers import DATA, REPO_ROOT, write_manifest  # noqa: E402
+
+# Subprocesses (``python -m runner ...``) import this checkout even when runner is not
+# installed, and never a different installed copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]]
+)
 
 # -- manifests -------------------------------------------------------------------------------
 

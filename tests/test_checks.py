@@ -118,7 +118,7 @@ def test_check_files_threaded_matches_sequential(tmp_path: Path) -> None:
     paths = [make_image(tmp_path / f"{i:03d}.png") for i in range(80)]
     (tmp_path / "bad.png").write_text("x")
     paths += [tmp_path / "bad.png", tmp_path / "missing.png", paths[0]]
-    results = images.check_files(paths)
+    results = images.check_files(paths, workers=4)
     assert len(results) == 82
     assert results[tmp_path / "bad.png"] == "not a JPEG, PNG or WebP image"
     assert results[tmp_path / "missing.png"] == "file not found"
