@@ -196,6 +196,11 @@ class Checker:
         kontext = option == KONTEXT
         inherited_option = "option" not in job and "option" in defaults
         if option not in OPTIONS:
+            # The schema reports the option; still check the files so one run shows all.
+            if isinstance(job.get("pairs"), list | dict):
+                self.resolve_pairs(here, job.get("pairs"))
+            elif "images" in job:
+                self.resolve_images(here, job.get("images"))
             return None
         if inherited_option and kontext:
             # The schema's Kontext rules see only the job's own option; these see defaults too.

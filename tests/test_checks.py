@@ -311,3 +311,16 @@ def test_url_problem() -> None:
     assert url_problem("https://example.com/a.jpg") is None
     assert url_problem("https:///a.jpg") == "URL has no host"
     assert url_problem("file:///etc/passwd") is not None
+
+
+def test_invalid_option_does_not_cascade(tmp_path: Path) -> None:
+    """A misspelt option is one enum error; pairs are not called 'non-Kontext' but still checked."""
+    make_image(tmp_path / "a.png")
+    path = _write(
+        tmp_path,
+        "  - name: k\n    option: FluxKontext\n    prompt: p\n    pairs: [{start: a.png, end: b.png}]\n",
+    )
+    errors = _errors(path)
+    assert len(errors) == 2
+    assert "jobs[0].option: 'FluxKontext' is not one of" in errors[0]
+    assert errors[1].endswith("jobs[0].pairs[0].end: file not found: b.png")
