@@ -202,6 +202,7 @@ class Sandbox:
         self.locks = KeyedLocks()
         self.webhooks = WebhookSender(self.store, config, clock)
         self._keys = tuple(k.encode() for k in config.api_keys)
+        self._known: set[str] = set()
         self._closed = False
 
     def close(self) -> None:
@@ -219,7 +220,9 @@ class Sandbox:
             if not any(hmac.compare_digest(raw, k) for k in self._keys):
                 return None
         account = account_of(key)
-        self.store.ensure_account(account, training.customer_id(account), self.config.credits)
+        if account not in self._known:  # one write per new key, not per request
+            self.store.ensure_account(account, training.customer_id(account), self.config.credits)
+            self._known.add(account)
         return account
 
     async def gate(
@@ -559,7 +562,8 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
 
     The background ticker (finishing trainings nobody polls, sending webhooks) runs in the
     lifespan, so under ``httpx.ASGITransport`` (no lifespan) statuses still advance on
-    GET, but webhooks wait for a server run.
+    GET, but webhooks wait for a server run. The lifespan also closes the database; without
+    it, call ``app.state.sandbox.close()`` when done.
     """
     sandbox = Sandbox(config, clock)
 
