@@ -11,7 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from apply_support import SECRET, image, ledger, lock_doc, plan_json, runner, sandbox, write_manifest
+from apply_support import (
+    SECRET,
+    image,
+    ledger,
+    lock_doc,
+    plan_json,
+    runner,
+    sandbox,
+    write_manifest,
+)
 
 from runner.lockfile import read_lockfile
 
