@@ -38,6 +38,7 @@ from runner.sandbox.serve import start_server
 from runner.workspace import prepare
 
 KEY = "bench-key"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Recording(httpx.AsyncBaseTransport):
@@ -117,7 +118,8 @@ def noop_plan_benchmark(jobs: int, images: int) -> dict[str, float]:
             {"requests_per_second": 1000, "burst": 100, "max_in_flight": 64, "max_uploads": 16,
              "poll_interval": "50ms"},
         )
-        env = {**os.environ, "VIMMERSE_API_KEY": KEY, "CI": "true"}
+        env = {**os.environ, "VIMMERSE_API_KEY": KEY, "CI": "true",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         t0 = time.monotonic()
         subprocess.run([sys.executable, "-m", "runner", "-q", "apply", manifest.name], cwd=folder,
                        env=env, check=True, capture_output=True)
