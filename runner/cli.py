@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated faults to inject: 500,502,503,drop,slow,lost_post (default: all)",
     )
     s.add_argument("--seed", type=int, default=None, metavar="N", help="seed the fault RNG")
+    s.add_argument(
+        "--no-idempotency",
+        action="store_true",
+        help="ignore Idempotency-Key and never echo it, like the real service",
+    )
     return parser
 
 

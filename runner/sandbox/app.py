@@ -233,7 +233,7 @@ class Sandbox:
         path: str = scope["path"]
         headers = dict(scope["headers"])
         idem = headers.get(b"idempotency-key") if method == "POST" else None
-        if idem is not None:
+        if idem is not None and self.config.idempotency:
             send = _echo(send, idem)
         key = headers.get(b"x-api-key", b"").decode("latin-1")
         account = self.authenticate(key)
@@ -656,7 +656,7 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
         )
         count = len(files) or len(image_urls)
         _check_kontext(option, prompt, count)
-        idem = request.headers.get("idempotency-key")
+        idem = request.headers.get("idempotency-key") if sandbox.config.idempotency else None
         _check_idempotency_key(idem)
         inspected = await run_in_threadpool(_inspect_uploads, files) if files else []
         args: dict[str, Any] = {

@@ -37,6 +37,9 @@ class SandboxConfig:
     allow_external_webhooks: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     seed: int | None = None
+    # False mimics the real service, which has no idempotency keys: the header is ignored
+    # and never echoed, so clients must treat a lost POST answer as uncertain.
+    idempotency: bool = True
     # Webhook retry schedule: first retry after this many seconds, doubling each time.
     webhook_backoff: float = field(default=0.5, repr=False)
     webhook_attempts: int = field(default=6, repr=False)

@@ -145,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         allow_external_webhooks=bool(args.allow_external_webhooks),
         max_upload_bytes=int(max_mb * 1024 * 1024),
         seed=getattr(args, "seed", None),
+        idempotency=not getattr(args, "no_idempotency", False),
     )
 
 

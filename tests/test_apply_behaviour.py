@@ -1,0 +1,160 @@
+"""Apply's rules one by one (DESIGN section 6), each against the real sandbox over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from apply_support import SECRET, ledger, lock_doc, plan_json, runner, sandbox, write_manifest
+
+
+def test_422_fails_only_that_job_and_plans_a_retry(tmp_path: Path) -> None:
+    """A job the API rejects (422) is failed with the server's message; the others succeed."""
+    with sandbox(tmp_path / "sb") as url:
+        write_manifest(tmp_path, url, 3, extra_jobs=[
+            {"name": "too-long", "lora_prefix": "LONG", "num_iterations": 500000, "images": "data/job000"}])
+        result = runner("apply", "m.yaml", cwd=tmp_path)
+        assert result.code == 3, result.stderr
+        jobs = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
+        assert jobs["too-long"]["status"] == "failed"
+        assert jobs["too-long"]["error"]["status"] == 422
+        assert "num_iterations" in jobs["too-long"]["error"]["message"]
+        assert [jobs[f"job-00{i}"]["status"] for i in range(3)] == ["succeeded"] * 3
+        assert {j["name"]: j["action"] for j in plan_json(tmp_path / "m.yaml")["jobs"]}["too-long"] == "retry"
+
+
+def test_failed_training_is_retried_with_a_new_key(tmp_path: Path) -> None:
+    """A training that fails is retried on the next apply as attempt 2 with a new Idempotency-Key."""
+    with sandbox(tmp_path / "sb") as url:
+        write_manifest(tmp_path, url, 0, extra_jobs=[{"name": "doomed", "lora_prefix": "FAILX", "images": "data/x"}],
+                       api={})
+        from apply_support import image
+
+        image(tmp_path / "data" / "x" / "a.png", 1)
+        assert runner("apply", "m.yaml", cwd=tmp_path).code == 3
+        first = lock_doc(tmp_path / "m.lock.yaml")["jobs"]["doomed"]
+        assert first["status"] == "failed" and first["attempt"] == 1
+        assert runner("apply", "m.yaml", cwd=tmp_path).code == 3
+        second = lock_doc(tmp_path / "m.lock.yaml")["jobs"]["doomed"]
+        assert second["attempt"] == 2
+        assert second["idempotency_key"] != first["idempotency_key"]
+        assert ledger(url)["credits_charged"] == 2
+
+
+def test_no_wait_then_refresh_then_resume(tmp_path: Path) -> None:
+    """--no-wait exits 3 with jobs training; refresh sees them finish; apply resumes without posting."""
+    with sandbox(tmp_path / "sb", train_seconds=1.0) as url:
+        write_manifest(tmp_path, url, 3)
+        result = runner("apply", "m.yaml", "--no-wait", cwd=tmp_path)
+        assert result.code == 3, result.stderr
+        assert {e["status"] for e in lock_doc(tmp_path / "m.lock.yaml")["jobs"].values()} == {"training"}
+        assert plan_json(tmp_path / "m.yaml")["summary"]["resume"] == 3
+        time.sleep(1.5)
+        refreshed = runner("plan", "m.yaml", "--refresh", "--format", "json", cwd=tmp_path)
+        assert json.loads(refreshed.stdout)["summary"]["noop"] == 3
+        status = runner("status", "m.yaml", "--refresh", "--format", "json", cwd=tmp_path)
+        assert {j["status"] for j in json.loads(status.stdout)["jobs"]} == {"succeeded"}
+        assert {e["status"] for e in lock_doc(tmp_path / "m.lock.yaml")["jobs"].values()} == {"training"}
+        posts = ledger(url)["posts"]
+        assert runner("apply", "m.yaml", cwd=tmp_path).code == 0
+        assert ledger(url)["posts"] == posts
+        assert {e["status"] for e in lock_doc(tmp_path / "m.lock.yaml")["jobs"].values()} == {"succeeded"}
+
+
+def test_target_submits_only_the_named_job(tmp_path: Path) -> None:
+    """--target job-001 submits that job alone."""
+    with sandbox(tmp_path / "sb") as url:
+        write_manifest(tmp_path, url, 3)
+        assert runner("apply", "m.yaml", "--target", "job-001", cwd=tmp_path).code == 0
+        assert set(lock_doc(tmp_path / "m.lock.yaml")["jobs"]) == {"job-001"}
+        assert runner("apply", "m.yaml", "--target", "nope", cwd=tmp_path).code == 1
+
+
+def test_budget_guard_refuses_before_sending(tmp_path: Path) -> None:
+    """max_submissions below the plan's trainings: exit 1, nothing posted; the flag overrides."""
+    with sandbox(tmp_path / "sb") as url:
+        write_manifest(tmp_path, url, 3, api={"max_submissions": 2})
+        refused = runner("apply", "m.yaml", cwd=tmp_path)
+        assert refused.code == 1
+        assert "max_submissions" in refused.stderr and "nothing was submitted" in refused.stderr
+        assert ledger(url)["posts"] == 0
+        assert not (tmp_path / "m.lock.yaml").exists()
+        assert runner("apply", "m.yaml", "--max-submissions", "3", cwd=tmp_path).code == 0
+
+
+def test_lost_answer_without_idempotency_is_blocked_until_resubmit(tmp_path: Path) -> None:
+    """Against an API that ignores keys, a lost POST answer blocks the job until --resubmit-uncertain."""
+    state = tmp_path / "sb"
+    with sandbox(state, idempotency=False, fault_rate=1.0, fault_kinds=("lost_post",)) as url:
+        write_manifest(tmp_path, url, 1)
+        result = runner("apply", "m.yaml", cwd=tmp_path)
+        assert result.code == 3, result.stderr
+        assert lock_doc(tmp_path / "m.lock.yaml")["jobs"]["job-000"]["status"] == "uncertain"
+        assert ledger(url)["credits_charged"] == 1  # it did start training
+    with sandbox(state, idempotency=False) as url:
+        write_manifest(tmp_path, url, 1)
+        assert plan_json(tmp_path / "m.yaml")["summary"]["blocked"] == 1
+        blocked = runner("apply", "m.yaml", cwd=tmp_path)
+        assert blocked.code == 3
+        assert "--resubmit-uncertain" in blocked.stderr
+        assert ledger(url)["credits_charged"] == 1
+        resubmitted = runner("apply", "m.yaml", "--resubmit-uncertain", cwd=tmp_path)
+        assert resubmitted.code == 0, resubmitted.stderr
+        assert ledger(url)["credits_charged"] == 2  # the price of not knowing, paid knowingly
+
+
+def test_lost_answer_with_echoing_api_is_replayed_without_a_second_charge(tmp_path: Path) -> None:
+    """With the sandbox's echo, an uncertain job is replayed under its key and charged once."""
+    state = tmp_path / "sb"
+    with sandbox(state, fault_rate=1.0, fault_kinds=("lost_post",)) as url:
+        write_manifest(tmp_path, url, 1)
+        # The very first POST loses its answer before runner has seen any echo.
+        runner("apply", "m.yaml", cwd=tmp_path)
+        assert ledger(url)["credits_charged"] == 1
+    with sandbox(state) as url:
+        write_manifest(tmp_path, url, 1)
+        result = runner("apply", "m.yaml", cwd=tmp_path)
+        assert result.code == 0, result.stderr
+        assert ledger(url)["credits_charged"] == 1
+
+
+def test_second_apply_on_the_same_lockfile_fails_fast(tmp_path: Path) -> None:
+    """While one apply runs, another on the same lockfile exits 1 at once, naming the lock."""
+    with sandbox(tmp_path / "sb", train_seconds=3) as url:
+        write_manifest(tmp_path, url, 2)
+        env = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
+        first = subprocess.Popen([sys.executable, "-m", "runner", "apply", "m.yaml"], cwd=tmp_path, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while not (tmp_path / "m.lock.journal").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            started = time.monotonic()
+            second = runner("apply", "m.yaml", cwd=tmp_path)
+            assert second.code == 1
+            assert "another runner apply holds the lock" in second.stderr
+            assert time.monotonic() - started < 10
+        finally:
+            assert first.wait(timeout=60) == 0
+        assert ledger(url)["credits_charged"] == 2
+
+
+def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path) -> None:
+    """An http:// endpoint off loopback is refused before anything is sent."""
+    write_manifest(tmp_path, "sandbox", 1)
+    result = runner("apply", "m.yaml", "--endpoint", "http://api.example.com", cwd=tmp_path)
+    assert result.code == 1
+    assert "only allowed to loopback" in result.stderr
+
+
+def test_markdown_plan_is_a_table(tmp_path: Path) -> None:
+    """plan --format markdown gives a PR-comment table naming each changing job."""
+    write_manifest(tmp_path, "sandbox", 2)
+    result = runner("plan", "m.yaml", "--format", "markdown", cwd=tmp_path)
+    assert result.code == 0
+    assert "| action | job | why |" in result.stdout
+    assert "| create | `job-000` |" in result.stdout
