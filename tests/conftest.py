@@ -25,6 +25,30 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]]
 )
 
+# -- options -------------------------------------------------------------------------------
+# Here, not in tests/reliability/conftest.py: pytest reads options only from conftests it
+# loads at start-up, and ``pytest --long`` must work from the repository's root.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="reliability suite: full counts (10,000 manifests, 1,000 lockfiles, 100 kills...)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` run only with ``--long``."""
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="full-count run: pass --long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 # -- manifests -------------------------------------------------------------------------------
 
 
