@@ -30,6 +30,7 @@ INHERITED = ("option", "finetune_type", "num_iterations", "lora_prefix", "prompt
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PATH = tuple[PathPart, ...]
+_ESCAPES = "path escapes the manifest's folder"
 
 
 def parse_duration(value: object) -> float | None:
@@ -293,11 +294,14 @@ class Checker:
             return []
         paths: list[Path] = []
         for where, text in entries:
-            if not text:
+            if not text or self.escapes(where, text):
                 continue
             resolved = imagefiles.resolve(self.folder, text)
             if resolved.error:
                 self.report(where, f"{resolved.error}: {text}")
+                continue
+            if not all(self.inside(p) for p in resolved.paths):  # a glob's ``..`` after a match
+                self.report(where, f"{_ESCAPES}: {text}")
                 continue
             single = len(resolved.paths) == 1 and resolved.paths[0] == imagefiles.absolute(self.folder, text)
             for path in resolved.paths:
@@ -328,7 +332,9 @@ class Checker:
                     continue  # the schema says which half is missing
                 for key, text in (("start", start), ("end", end)):
                     path = imagefiles.absolute(self.folder, text)
-                    if not imagefiles.is_supported(path):
+                    if self.escapes((*where, i, key), text):
+                        pass
+                    elif not imagefiles.is_supported(path):
                         self.report(
                             (*where, i, key),
                             f"unsupported file type (use {imagefiles.SUPPORTED_TEXT}): {text}",
@@ -364,6 +370,8 @@ class Checker:
         return out
 
     def _stems(self, where: _PATH, folder_text: str) -> dict[str, Path] | None:
+        if self.escapes(where, folder_text):
+            return None
         folder = imagefiles.absolute(self.folder, folder_text)
         if not os.path.isdir(folder):
             reason = "not a folder" if os.path.lexists(folder) else "folder not found"
@@ -385,6 +393,21 @@ class Checker:
         return stems
 
     # -- files ---------------------------------------------------------------------------
+
+    def inside(self, path: Path) -> bool:
+        """Is ``path`` (absolute, normalised) the manifest's folder or below it?"""
+        text, root = str(path), str(self.folder)
+        return text == root or text.startswith(root.rstrip(os.sep) + os.sep)
+
+    def escapes(self, where: _PATH, text: str) -> bool:
+        """Report a path that leaves the manifest's folder once ``..`` (or ``~``, or an
+        absolute path) is taken into account, lexically. A reviewed manifest must not be
+        able to upload files from elsewhere on the machine running it; symlinks inside the
+        folder may point anywhere (shared dataset mounts), as the path is not resolved."""
+        if self.inside(imagefiles.absolute(self.folder, text)):
+            return False
+        self.report(where, f"{_ESCAPES}: {text}")
+        return True
 
     def check_files(self) -> None:
         """Check every used file once (threaded), then report at each place it is used."""
