@@ -55,7 +55,10 @@ def plan_json(plan: Plan) -> str:
 
 
 def _summary_line(plan: Plan) -> str:
-    counts = plan.summary()
+    return "Plan: " + _counts_phrase(plan.summary()) + "."
+
+
+def _counts_phrase(counts: dict[str, int]) -> str:
     parts = [
         f"{counts['create']} to create",
         f"{counts['replace']} to replace",
@@ -65,7 +68,7 @@ def _summary_line(plan: Plan) -> str:
         f"{counts['noop']} unchanged",
         f"{counts['orphan']} orphaned",
     ]
-    return "Plan: " + ", ".join(parts) + "."
+    return ", ".join(parts)
 
 
 def plan_text(plan: Plan, *, show_noop: bool = False) -> str:
@@ -109,6 +112,58 @@ def plan_markdown(plan: Plan) -> str:
     else:
         lines.append("No changes: every job is up to date with the lockfile.")
     return "\n".join(lines) + "\n"
+
+
+# -- many manifests ----------------------------------------------------------------------
+# One summary after the per-manifest views, so a CI log or a pull-request comment over a
+# whole catalog starts (markdown) or ends (text) with the totals a reviewer needs.
+
+
+def total_summary(plans: Iterable[Plan]) -> dict[str, int]:
+    totals = dict.fromkeys(ACTIONS, 0)
+    for plan in plans:
+        for action, n in plan.summary().items():
+            totals[action] += n
+    return totals
+
+
+def plans_total_text(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
+    """The closing line of a multi-manifest text plan (and the manifests that could not plan)."""
+    lines = [f"Total over {len(plans) + len(failed)} manifests: {_counts_phrase(total_summary(plans))}."]
+    lines += [f"  not planned: {name}: {message.splitlines()[0] if message else ''}" for name, message in failed]
+    return "\n".join(lines) + "\n"
+
+
+def plans_json(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
+    """Several manifests: each manifest's plan document (the single-manifest shape) in a list."""
+    doc = {
+        "version": 1,
+        "summary": total_summary(plans),
+        "manifests": [plan_document(p) for p in plans],
+        "errors": [{"manifest": name, "message": message} for name, message in failed],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def plans_markdown(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
+    """A pull-request comment for a catalog: a totals table first, then one section per manifest."""
+    totals = total_summary(plans)
+    lines = [
+        f"## runner plan: {len(plans) + len(failed)} manifests",
+        "",
+        "| manifest | " + " | ".join(ACTIONS) + " |",
+        "|---|" + "---:|" * len(ACTIONS),
+    ]
+    for plan in plans:
+        counts = plan.summary()
+        lines.append(f"| `{_md_escape(plan.manifest)}` | " + " | ".join(str(counts[a]) for a in ACTIONS) + " |")
+    for name, _message in failed:
+        lines.append(f"| `{_md_escape(name)}` | " + " | ".join("—" for _ in ACTIONS) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{totals[a]}**" for a in ACTIONS) + " |")
+    for name, message in failed:
+        lines += ["", f"**`{_md_escape(name)}` could not be planned:**", "", "```text", message, "```"]
+    body = "\n".join(lines) + "\n"
+    return body + "".join("\n" + plan_markdown(p) for p in plans)
 
 
 def status_rows(entries: dict[str, LockEntry], names: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -158,3 +213,57 @@ def apply_summary(result: ApplyResult) -> str:
         lines.append(f"  {name:<30} {'orphan':<8} {'pruned':<10} -")
     head = "Apply: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "Apply: nothing to do"
     return "\n".join([head, *lines]) + "\n"
+
+
+STATUS_STYLES = {
+    "succeeded": "green",
+    "failed": "bold red",
+    "uncertain": "bold yellow",
+    "submitting": "yellow",
+    "training": "cyan",
+    "pending": "dim",
+    "absent": "dim",
+}
+
+
+def status_counts(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        status = str(row.get("status", ""))
+        counts[status] = counts.get(status, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def status_counts_phrase(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in counts.items()) or "no jobs"
+
+
+def status_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
+    """The terminal view of ``runner status``: a rich Table (rich imported only here).
+
+    Same columns as the piped view plus the type and finish time, with the status coloured
+    so a failed or uncertain job stands out in a long catalog.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left", header_style="bold", expand=False)
+    for header in ("job", "status", "trigger word", "option", "type", "images", "finished", "detail"):
+        table.add_column(header, overflow="fold", justify="right" if header == "images" else "left")
+    for row in rows:
+        status = str(row.get("status", ""))
+        error = row.get("error") or {}
+        detail = str(error.get("message") or "")
+        if error.get("status"):
+            detail = f"{error['status']}: {detail}"
+        table.add_row(
+            row["name"],
+            Text(status, style=STATUS_STYLES.get(status, "")),
+            row.get("trigger_word") or "-",
+            row.get("option") or "-",
+            row.get("finetune_type") or "-",
+            str(row.get("images", "-")),
+            str(row.get("finished_at") or "-"),
+            detail,
+        )
+    return table

@@ -26,12 +26,13 @@ from typing import Any
 from runner.diagnostics import Diagnostic
 from runner.errors import EXIT_INPUT, EXIT_OK
 from runner.manifest import load_manifest
+from runner.manifests import expand_manifests
 
 
 def run(args: argparse.Namespace) -> int:
     reports: list[dict[str, Any]] = []
     lines: list[str] = []
-    for name in args.manifests:
+    for name in expand_manifests(args.manifests):
         manifest, diags = load_manifest(Path(name))
         if args.strict:
             diags = [
