@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="self-contained HTML gallery of results")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p.add_argument("-o", "--output", metavar="FILE", required=True)
+    p.add_argument(
+        "--image-size", type=int, default=512, metavar="PX", help="longest side of embedded samples"
+    )
 
     p = sub.add_parser("schema", parents=[common], help="print a JSON Schema")
     p.add_argument("which", nargs="?", choices=["manifest", "lockfile", "plan"], default="manifest")
