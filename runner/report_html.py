@@ -314,7 +314,7 @@ dl { display: grid; grid-template-columns: auto 1fr; gap: 2px 10px; margin: 0; f
 dt { color: var(--muted); } dd { margin: 0; }
 .error { color: var(--bad); font-size: 13px; margin: 0; white-space: pre-wrap; word-break: break-word; }
 .samples { display: grid; grid-template-columns: repeat(2, 1fr); gap: 8px; }
-.samples img { width: 100%; height: 150px; object-fit: cover; border-radius: 6px; cursor: zoom-in;
+.samples img { width: 100%; height: 150px; object-fit: contain; border-radius: 6px; cursor: zoom-in;
   background: var(--bg); display: block; }
 .placeholder { height: 150px; border: 1px dashed var(--line); border-radius: 6px; display: flex;
   flex-direction: column; align-items: center; justify-content: center; text-align: center;

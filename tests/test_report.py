@@ -1,0 +1,516 @@
+"""``runner report``: the self-contained HTML gallery, in unit tests and in real Chromium.
+
+The browser test opens the report in Debian's headless Chromium through the DevTools
+protocol (over ``--remote-debugging-pipe``, so no websocket library), checks the cards,
+the copy button and the filter, saves a screenshot under ``tmp_path``, and asserts that
+the page made no network request: once as written (its CSP reports no violation) and once
+with the CSP removed (so nothing in the page even tries). Negative controls show both
+detectors fire. In CI a missing Chromium fails; elsewhere the test skips and says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from helpers import make_image, run_runner, write_manifest
+
+from runner.report_html import (
+    CSP,
+    SCRIPT,
+    STYLE,
+    Card,
+    Fetcher,
+    Sample,
+    Section,
+    embed,
+    load_sample,
+    may_fetch,
+    render_html,
+)
+
+# -- a minimal DevTools client ----------------------------------------------------------------
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> str | None:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class CdpError(RuntimeError):
+    """The browser answered a command with an error, or did not answer in time."""
+
+
+class Browser:
+    """One headless Chromium process; ``session`` commands go to the page we opened."""
+
+    def __init__(self, executable: str, profile: Path, width: int = 1280, height: int = 1400) -> None:
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+
+        def wire_fds() -> None:  # in the child, before exec: the protocol's fd 3 and 4
+            os.dup2(to_browser_r, 3)
+            os.dup2(from_browser_w, 4)
+
+        args = [
+            executable,
+            "--headless",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--mute-audio",
+            "about:blank",
+        ]
+        if os.geteuid() == 0:  # Chromium's sandbox refuses to run as root
+            args.insert(1, "--no-sandbox")
+        self.proc = subprocess.Popen(
+            args,
+            preexec_fn=wire_fds,  # the child is single-threaded until exec
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self._next_id = 0
+        self._answers: dict[int, queue.Queue[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.events: list[dict[str, Any]] = []
+        self._event_added = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.session = ""
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            try:
+                chunk = os.read(self._from_browser, 1 << 20)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\0" in buffer:
+                raw, buffer = buffer.split(b"\0", 1)
+                message = json.loads(raw)
+                if "id" in message:
+                    with self._lock:
+                        waiter = self._answers.get(message["id"])
+                    if waiter is not None:
+                        waiter.put(message)
+                else:
+                    with self._event_added:
+                        self.events.append(message)
+                        self._event_added.notify_all()
+
+    def send(self, method: str, params: dict[str, Any] | None = None, *, page: bool = True, timeout: float = 15) -> Any:
+        with self._lock:
+            self._next_id += 1
+            ident = self._next_id
+            waiter: queue.Queue[dict[str, Any]] = queue.Queue()
+            self._answers[ident] = waiter
+        message: dict[str, Any] = {"id": ident, "method": method, "params": params or {}}
+        if page and self.session:
+            message["sessionId"] = self.session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        try:
+            answer = waiter.get(timeout=timeout)
+        except queue.Empty:
+            raise CdpError(f"{method}: no answer in {timeout} s") from None
+        finally:
+            with self._lock:
+                self._answers.pop(ident, None)
+        if "error" in answer:
+            raise CdpError(f"{method}: {answer['error']}")
+        return answer.get("result", {})
+
+    def open_page(self) -> None:
+        """A fresh tab, attached in flat mode, with the domains the test listens to."""
+        target = self.send("Target.createTarget", {"url": "about:blank"}, page=False)["targetId"]
+        self.session = self.send(
+            "Target.attachToTarget", {"targetId": target, "flatten": True}, page=False
+        )["sessionId"]
+        for domain in ("Page", "Network", "Runtime"):
+            self.send(f"{domain}.enable")
+
+    def wait_event(self, method: str, since: int, timeout: float = 15) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._event_added:
+            while True:
+                for event in self.events[since:]:
+                    if event.get("method") == method and event.get("sessionId") == self.session:
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CdpError(f"no {method} in {timeout} s")
+                self._event_added.wait(left)
+
+    def navigate(self, url: str) -> int:
+        """Load ``url`` and wait for its load event; returns where its events start."""
+        start = len(self.events)
+        self.send("Page.navigate", {"url": url})
+        self.wait_event("Page.loadEventFired", start)
+        return start
+
+    def requests_since(self, start: int) -> list[str]:
+        return [
+            e["params"]["request"]["url"]
+            for e in self.events[start:]
+            if e.get("method") == "Network.requestWillBeSent" and e.get("sessionId") == self.session
+        ]
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True, "userGesture": True},
+        )
+        if "exceptionDetails" in result:
+            raise CdpError(f"script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        with suppress(CdpError, OSError):
+            self.send("Browser.close", page=False, timeout=5)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self._to_browser, self._from_browser):
+            with suppress(OSError):
+                os.close(fd)
+
+
+# -- unit tests (no browser) ------------------------------------------------------------------
+
+
+def _png(size: tuple[int, int] = (800, 600), color: tuple[int, int, int] = (10, 120, 200)) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+@contextmanager
+def _serve_png(data: bytes) -> Iterator[str]:
+    """A loopback HTTP server answering /ok.png with ``data`` and 404 otherwise."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/ok.png":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_only_https_or_loopback_http_is_fetched() -> None:
+    """Plain http to another machine is never requested; https anywhere and loopback http are."""
+    assert may_fetch("https://cdn.example.com/a.png")
+    assert may_fetch("http://127.0.0.1:8000/_sandbox/files/a/sample_0.png")
+    assert may_fetch("http://localhost/x.png") and may_fetch("http://[::1]:9/x.png")
+    assert not may_fetch("http://example.com/a.png")
+    assert not may_fetch("file:///etc/passwd") and not may_fetch("data:image/png;base64,AA==")
+
+
+def test_non_loopback_http_sends_no_request(tmp_path: Path) -> None:
+    """A plain-http result URL elsewhere becomes a placeholder without any request being sent."""
+    sent: list[str] = []
+    with Fetcher() as fetcher:
+        fetcher._client = httpx.Client(
+            transport=httpx.MockTransport(lambda r: sent.append(str(r.url)) or httpx.Response(200))
+        )
+        sample = load_sample("http://example.com/sample.png", tmp_path, fetcher, 256)
+    assert sent == []
+    assert sample.data_uri is None and "plain http" in sample.problem
+
+
+def test_sample_is_fetched_over_loopback_http_and_resized(tmp_path: Path) -> None:
+    """A reachable loopback URL is downloaded and embedded as a resized data: URI."""
+    with _serve_png(_png((800, 600))) as base, Fetcher() as fetcher:
+        sample = load_sample(f"{base}/ok.png", tmp_path, fetcher, 200)
+        missing = load_sample(f"{base}/missing.png", tmp_path, fetcher, 200)
+    assert sample.source == "http"
+    assert sample.data_uri and sample.data_uri.startswith("data:image/jpeg;base64,")
+    assert (sample.width, sample.height) == (200, 150)
+    assert missing.data_uri is None and missing.problem == "HTTP 404"
+
+
+def test_dead_sandbox_url_is_read_from_the_state_folder(tmp_path: Path) -> None:
+    """A sandbox URL whose port is gone is read from .runner/sandbox/outputs/<id>/<name>."""
+    state = tmp_path / ".runner" / "sandbox"
+    (state / "outputs" / "abc123").mkdir(parents=True)
+    (state / "outputs" / "abc123" / "sample_0.png").write_bytes(_png((300, 300)))
+    url = f"http://127.0.0.1:{_dead_port()}/_sandbox/files/abc123/sample_0.png"
+    with Fetcher() as fetcher:
+        sample = load_sample(url, state, fetcher, 128)
+        gone = load_sample(url.replace("abc123", "zzz999"), state, fetcher, 128)
+    assert sample.source == "sandbox state" and sample.data_uri
+    assert (sample.width, sample.height) == (128, 128)
+    assert gone.data_uri is None and "not reachable" in gone.problem
+
+
+def test_sandbox_pattern_cannot_escape_the_state_folder(tmp_path: Path) -> None:
+    """Path tricks in a sandbox-looking URL never read files outside the state folder."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (tmp_path / "secret.png").write_bytes(_png((10, 10)))
+    with Fetcher() as fetcher:
+        for url in (
+            f"http://127.0.0.1:{_dead_port()}/_sandbox/files/../../secret.png",
+            f"http://127.0.0.1:{_dead_port()}/_sandbox/files/%2e%2e/secret.png",
+        ):
+            assert fetcher.sandbox_file(url, state) is None
+
+
+def test_embed_keeps_transparency_as_png() -> None:
+    """An image with alpha stays PNG (JPEG would turn transparent pixels black)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(out, format="PNG")
+    uri, w, h = embed(out.getvalue(), 32)
+    assert uri.startswith("data:image/png;base64,") and (w, h) == (32, 32)
+
+
+def test_html_escapes_messages_and_pins_its_inline_code_by_hash() -> None:
+    """Server messages are escaped, and the CSP allows exactly the page's own style and script."""
+    card = Card(
+        "m.yaml", "evil", "failed", error={"status": 422, "message": "<script>alert(1)</script>"},
+        samples=[Sample("https://x/y.png", problem="HTTP 500")],
+    )
+    page = render_html([Section("m.yaml", [card])], generated_at="now", version="0")
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    assert "image unavailable" in page and "HTTP 500" in page
+    for text in (STYLE, SCRIPT):
+        digest = base64.b64encode(__import__("hashlib").sha256(text.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in CSP
+    assert CSP.startswith("default-src 'none'; img-src data:;")
+    assert len(re.findall(r"<script>", page)) == 1
+    # Nothing on the page points anywhere but data: URIs and in-page anchors.
+    assert not re.search(r"""(?:src|href)\s*=\s*["'](?!data:|#)""", page)
+
+
+def test_report_cli_writes_an_atomic_shareable_file(tmp_path: Path) -> None:
+    """runner report with no lockfile yet shows every job as not applied and exits 0."""
+    manifest = write_manifest(tmp_path, jobs=[{"name": "a", "lora_prefix": "A"}])
+    result = run_runner("report", str(manifest), "-o", str(tmp_path / "out" / "r.html"))
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "out" / "r.html").read_text(encoding="utf-8")
+    assert 'data-job="a"' in page and "not applied yet" in page
+    assert oct((tmp_path / "out" / "r.html").stat().st_mode & 0o044) != "0o0"
+
+
+def test_report_of_a_missing_manifest_exits_1(tmp_path: Path) -> None:
+    """A manifest that does not exist is an input error (exit 1) and no report is written."""
+    result = run_runner("report", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "r.html"))
+    assert result.returncode == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+# -- the browser test ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        message = "Chromium is not installed (apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must run the browser test")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A manifest applied against the embedded sandbox: 2 succeeded, 1 failed, 1 never applied.
+
+    One result URL of ``sneaker`` is then pointed at a closed https port, so its card must
+    show the placeholder. The sandbox has stopped, so every other sample comes from its
+    state folder (rendered there from its database: apply never downloads samples).
+    """
+    tmp = tmp_path_factory.mktemp("report")
+    manifest = write_manifest(
+        tmp,
+        jobs=[
+            {"name": "sneaker", "lora_prefix": "SNKR", "finetune_type": "Product"},
+            {"name": "mug", "lora_prefix": "MUG"},
+            {"name": "broken", "lora_prefix": "BROKENFAIL"},
+            {"name": "later", "lora_prefix": "LATER"},
+        ],
+        api={"endpoint": "sandbox", "poll_interval": "100ms"},
+    )
+    make_image(tmp / "images" / "mug" / "002.png", size=(64, 64), color=(240, 200, 10))
+    env = dict(os.environ, RUNNER_SANDBOX_TRAIN_SECONDS="0.2")
+    env.pop("RUNNER_ENDPOINT", None)
+    targets = ["--target", "sneaker", "--target", "mug", "--target", "broken"]
+    result = run_runner("-q", "apply", str(manifest), *targets, env=env, timeout=120)
+    assert result.returncode == 3, result.stderr  # the FAIL job failed
+    lock_path = tmp / "manifest.lock.yaml"
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8"))
+    jobs = lock["jobs"]
+    assert jobs["sneaker"]["status"] == "succeeded" and jobs["broken"]["status"] == "failed"
+    jobs["sneaker"]["results"][1] = f"https://127.0.0.1:{_dead_port()}/gone/sample_1.png"
+    lock_path.write_text(
+        "# Written by runner; do not edit.\n" + yaml.safe_dump(lock, sort_keys=False), encoding="utf-8"
+    )
+    out = tmp / "site" / "report.html"
+    started = time.monotonic()
+    result = run_runner("report", str(manifest), "-o", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    return {"dir": tmp, "report": out, "jobs": jobs}
+
+
+def test_report_in_chromium(chromium: str, applied: dict[str, Any], tmp_path: Path) -> None:
+    """Real Chromium shows every card right, runs the copy button and filter, and sends no request."""
+    report: Path = applied["report"]
+    jobs = applied["jobs"]
+    page_html = report.read_text(encoding="utf-8")
+    no_csp = tmp_path / "no-csp.html"
+    no_csp.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page_html), encoding="utf-8")
+    assert no_csp.read_text(encoding="utf-8") != page_html
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text(
+        no_csp.read_text(encoding="utf-8").replace(
+            "<footer>", f'<img src="http://127.0.0.1:{_dead_port()}/leak.png"><footer>'
+        ),
+        encoding="utf-8",
+    )
+    tampered = tmp_path / "tampered.html"
+    tampered.write_text(page_html.replace("var viewer", "var  viewer", 1), encoding="utf-8")
+
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open_page()
+        browser.send(
+            "Page.addScriptToEvaluateOnNewDocument",
+            {"source": "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+             " function (e) { window.__csp.push(e.violatedDirective); });"},
+        )
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 1400, "deviceScaleFactor": 1, "mobile": False},
+        )
+
+        start = browser.navigate(report.as_uri())
+        cards = browser.evaluate(
+            """Array.from(document.querySelectorAll('article.card')).map(function (c) { return {
+                 name: c.dataset.job, status: c.dataset.status,
+                 trigger: (c.querySelector('code.trigger') || {}).textContent || null,
+                 copy: (c.querySelector('button.copy') || {}).dataset ? c.querySelector('button.copy').dataset.copy : null,
+                 error: (c.querySelector('.error') || {}).textContent || null,
+                 images: Array.from(c.querySelectorAll('img.sample')).map(function (i) {
+                   return {ok: i.complete && i.naturalWidth > 0, src: i.src.slice(0, 15)}; }),
+                 placeholders: c.querySelectorAll('.placeholder').length,
+                 text: c.textContent }; })"""
+        )
+        by_name = {c["name"]: c for c in cards}
+        assert sorted(by_name) == ["broken", "later", "mug", "sneaker"]
+        for name in ("sneaker", "mug"):
+            card = by_name[name]
+            assert card["status"] == "succeeded"
+            assert card["trigger"] == card["copy"] == jobs[name]["trigger_word"]
+            assert "FluxFinetune" in card["text"] and "images" in card["text"]
+        assert "Product" in by_name["sneaker"]["text"] and "3" in by_name["mug"]["text"]
+        assert [i["ok"] for i in by_name["mug"]["images"]] == [True, True]
+        assert all(i["src"].startswith("data:image/") for i in by_name["mug"]["images"])
+        assert [i["ok"] for i in by_name["sneaker"]["images"]] == [True]
+        assert by_name["sneaker"]["placeholders"] == 1 and "image unavailable" in by_name["sneaker"]["text"]
+        assert by_name["broken"]["status"] == "failed"
+        assert "training ended with status fail" in by_name["broken"]["error"]
+        assert by_name["later"]["status"] == "absent" and "not applied yet" in by_name["later"]["text"]
+
+        copied = browser.evaluate(
+            """new Promise(function (resolve) { var b = document.querySelector('[data-job="mug"] button.copy');
+                 b.click(); setTimeout(function () { resolve(b.textContent); }, 300); })"""
+        )
+        assert copied in ("Copied", "Select it")  # the inline script ran under the CSP
+        visible = browser.evaluate(
+            """(function () { var f = document.getElementById('filter'); f.value = 'broken';
+                 f.dispatchEvent(new Event('input'));
+                 return document.querySelectorAll('article.card:not(.hidden)').length; })()"""
+        )
+        assert visible == 1
+        browser.evaluate(
+            """(function () { var f = document.getElementById('filter'); f.value = '';
+                 f.dispatchEvent(new Event('input')); })()"""
+        )
+        shot = tmp_path / "report.png"
+        shot.write_bytes(base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"})["data"]))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+        print(f"screenshot: {shot}")
+        assert browser.evaluate("window.__csp") == []
+        outside = [u for u in browser.requests_since(start) if not u.startswith(("data:", report.as_uri()))]
+        assert outside == []
+
+        start = browser.navigate(no_csp.as_uri())  # nothing on the page even tries
+        outside = [u for u in browser.requests_since(start) if not u.startswith(("data:", no_csp.as_uri()))]
+        assert outside == []
+
+        # Negative controls: both detectors do fire.
+        start = browser.navigate(leaky.as_uri())
+        assert any("/leak.png" in u for u in browser.requests_since(start))
+        browser.navigate(tampered.as_uri())
+        assert browser.evaluate("window.__csp") == ["script-src-elem"]
+    finally:
+        browser.close()
