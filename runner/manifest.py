@@ -27,6 +27,7 @@ from runner import schema as schemacheck
 from runner.checks import Checker
 from runner.diagnostics import Diagnostic, format_path, sort_diagnostics
 from runner.errors import InputError
+from runner.gcpause import paused_gc
 from runner.models import Manifest
 from runner.yamlload import Document, PathPart, YamlError, load_file
 
@@ -45,6 +46,13 @@ def load_manifest(
     ``check_images=False`` still resolves folders and globs and requires every file to be
     a regular file, but skips decoding image headers (for callers that checked recently).
     """
+    with paused_gc():
+        return _load_manifest(path, environ, check_images)
+
+
+def _load_manifest(
+    path: Path, environ: Mapping[str, str] | None, check_images: bool
+) -> tuple[Manifest | None, list[Diagnostic]]:
     file = str(path)
     env = os.environ if environ is None else environ
     try:

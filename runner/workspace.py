@@ -12,6 +12,7 @@ import structlog
 
 from runner.errors import InputError
 from runner.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
+from runner.gcpause import paused_gc
 from runner.lockfile import LockState, read_lockfile
 from runner.models import Manifest
 from runner.plan import Plan, make_plan
@@ -86,10 +87,11 @@ def prepare(
     targets: list[str],
     state: LockState | None = None,
 ) -> Prepared:
-    manifest = load(manifest_path)
-    lockfile = lockfile_for(manifest, lockfile_flag)
-    if state is None:
-        state = read_lockfile(lockfile)
-    jobs = fingerprint(manifest)
-    plan = make_plan(manifest_path, jobs, state.entries, targets)
+    with paused_gc():
+        manifest = load(manifest_path)
+        lockfile = lockfile_for(manifest, lockfile_flag)
+        if state is None:
+            state = read_lockfile(lockfile)
+        jobs = fingerprint(manifest)
+        plan = make_plan(manifest_path, jobs, state.entries, targets)
     return Prepared(manifest, manifest_path, lockfile, state, jobs, plan, tuple(targets))
