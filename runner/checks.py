@@ -105,6 +105,8 @@ class Checker:
     folder: Path
     doc: Document
     check_images: bool = True
+    # Filled with the stat of every file that passed its check, for fingerprinting to reuse.
+    stats: dict[Path, os.stat_result] | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     _uses: list[_Use] = field(default_factory=list)
 
@@ -294,16 +296,22 @@ class Checker:
             return []
         paths: list[Path] = []
         for where, text in entries:
-            if not text or self.escapes(where, text):
+            if not text:
                 continue
-            resolved = imagefiles.resolve(self.folder, text)
+            absolute = imagefiles.absolute(self.folder, text)
+            if not self.inside(absolute):
+                self.report(where, f"{_ESCAPES}: {text}")
+                continue
+            resolved = imagefiles.resolve(self.folder, text, path=absolute)
             if resolved.error:
                 self.report(where, f"{resolved.error}: {text}")
                 continue
-            if not all(self.inside(p) for p in resolved.paths):  # a glob's ``..`` after a match
+            # A folder's files and a single file are inside once ``absolute`` is; only a
+            # glob's matches can leave (a ``..`` after a wildcard).
+            if imagefiles.is_glob(text) and not all(self.inside(p) for p in resolved.paths):
                 self.report(where, f"{_ESCAPES}: {text}")
                 continue
-            single = len(resolved.paths) == 1 and resolved.paths[0] == imagefiles.absolute(self.folder, text)
+            single = len(resolved.paths) == 1 and resolved.paths[0] == absolute
             for path in resolved.paths:
                 self._uses.append(_Use(path, where, text if single else None))
             paths.extend(resolved.paths)
@@ -413,7 +421,9 @@ class Checker:
         """Check every used file once (threaded), then report at each place it is used."""
         if not self._uses:
             return
-        results = imagefiles.check_files((u.path for u in self._uses), decode=self.check_images)
+        results = imagefiles.check_files(
+            (u.path for u in self._uses), decode=self.check_images, stats=self.stats
+        )
         for use in self._uses:
             problem = results.get(use.path)
             if problem:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,16 +99,20 @@ def digest_files(
     *,
     threads: int = 2,
     on_miss: Callable[[Path], None] | None = None,
+    stats: Mapping[Path, os.stat_result] | None = None,
 ) -> dict[Path, str]:
     """Digest every distinct path, reading only files whose stat changed since last time.
 
     ``on_miss`` runs on each file about to be hashed (used to check the image decodes before
-    it is trusted into the cache); it raises to refuse the file.
+    it is trusted into the cache); it raises to refuse the file. ``stats`` holds stat
+    results taken moments ago by validation; paths not in it are stat'ed here.
     """
     result: dict[Path, str] = {}
     todo: list[tuple[Path, StatKey]] = []
+    known = stats or {}
     for path in dict.fromkeys(paths):
-        key = StatKey.of(path.stat())
+        st = known.get(path)
+        key = StatKey.of(st if st is not None else path.stat())
         digest = cache.get(path, key)
         if digest is None:
             todo.append((path, key))
@@ -176,10 +180,15 @@ def fingerprint_jobs(
     *,
     threads: int = 2,
     on_miss: Callable[[Path], None] | None = None,
+    stats: Mapping[Path, os.stat_result] | None = None,
 ) -> list[Fingerprinted]:
     jobs = list(jobs)
     digests = digest_files(
-        (p for job in jobs for p in job.images), cache, threads=threads, on_miss=on_miss
+        (p for job in jobs for p in job.images),
+        cache,
+        threads=threads,
+        on_miss=on_miss,
+        stats=stats,
     )
     out = []
     for job in jobs:

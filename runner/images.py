@@ -74,11 +74,17 @@ def list_folder(path: Path) -> Resolved:
         return Resolved(error=describe_os_error(exc))
     if not names:
         return Resolved(error=f"no images in folder (looked for {SUPPORTED_TEXT})")
-    return Resolved(paths=[path / name for name in names])
+    # A name from scandir has no separator, so the child needs no parsing (5x faster than
+    # ``path / name``, which matters at 100,000 files); a Python without it gets ``/``.
+    child = getattr(path, "_make_child_relpath", path.joinpath)
+    return Resolved(paths=[child(name) for name in names])
 
 
-def resolve(folder: Path, spec: str) -> Resolved:
-    """One ``images`` entry: a glob, a folder or a single file, relative to ``folder``."""
+def resolve(folder: Path, spec: str, *, path: Path | None = None) -> Resolved:
+    """One ``images`` entry: a glob, a folder or a single file, relative to ``folder``.
+
+    ``path`` is ``absolute(folder, spec)`` when the caller has it already.
+    """
     if is_glob(spec):
         pattern = os.path.join(folder, os.path.expanduser(spec))
         try:
@@ -91,7 +97,8 @@ def resolve(folder: Path, spec: str) -> Resolved:
         if not images:
             return Resolved(error=f"no images match (looked for {SUPPORTED_TEXT})")
         return Resolved(paths=[Path(m) for m in images])
-    path = absolute(folder, spec)
+    if path is None:
+        path = absolute(folder, spec)
     if os.path.isdir(path):
         return list_folder(path)
     if not is_supported(path) and os.path.lexists(path):
@@ -112,8 +119,15 @@ def describe_os_error(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def check_file(path: Path, *, decode: bool = True) -> str | None:
-    """None if ``path`` is a readable JPEG/PNG/WebP image; otherwise what is wrong with it."""
+def check_file(
+    path: Path, *, decode: bool = True, stats: dict[Path, os.stat_result] | None = None
+) -> str | None:
+    """None if ``path`` is a readable JPEG/PNG/WebP image; otherwise what is wrong with it.
+
+    ``decode=False`` checks only that it is a non-empty, readable regular file: a ``stat``
+    and an ``access``, no open (this runs on every file of every plan). A file that passes
+    has its ``stat`` result stored in ``stats``, so fingerprinting need not stat it again.
+    """
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -126,6 +140,12 @@ def check_file(path: Path, *, decode: bool = True) -> str | None:
         return "not a regular file (a FIFO, socket or device)"
     if st.st_size == 0:
         return "empty file"
+    if not decode:
+        if not os.access(path, os.R_OK):
+            return "permission denied"
+        if stats is not None:
+            stats[path] = st
+        return None
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, decode)
     with _cache_lock:
         if key in _cache:
@@ -133,6 +153,8 @@ def check_file(path: Path, *, decode: bool = True) -> str | None:
     result = _check_open(path, st.st_size, decode)
     with _cache_lock:
         _cache[key] = result
+    if result is None and stats is not None:
+        stats[path] = st
     return result
 
 
@@ -236,7 +258,11 @@ def _deep_check(im: Any, fmt: str | None) -> str | None:
 
 
 def check_files(
-    paths: Iterable[Path], *, decode: bool = True, workers: int = 1
+    paths: Iterable[Path],
+    *,
+    decode: bool = True,
+    workers: int = 1,
+    stats: dict[Path, os.stat_result] | None = None,
 ) -> dict[Path, str | None]:
     """Check many files, each only once.
 
@@ -247,13 +273,13 @@ def check_files(
     """
     unique = list(dict.fromkeys(paths))
     if workers <= 1 or len(unique) < 64 or not decode:
-        return {p: check_file(p, decode=decode) for p in unique}
+        return {p: check_file(p, decode=decode, stats=stats) for p in unique}
     # A few large batches: one future per file costs more than a small image's check.
     size = max(16, len(unique) // (workers * 4))
     batches = [unique[i : i + size] for i in range(0, len(unique), size)]
 
     def run(batch: list[Path]) -> list[str | None]:
-        return [check_file(p, decode=decode) for p in batch]
+        return [check_file(p, decode=decode, stats=stats) for p in batch]
 
     out: dict[Path, str | None] = {}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgcheck") as pool:

@@ -40,18 +40,23 @@ def load_manifest(
     *,
     environ: Mapping[str, str] | None = None,
     check_images: bool = True,
+    stats: dict[Path, os.stat_result] | None = None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     """Read, expand, validate and resolve one manifest; never raises for bad input.
 
     ``check_images=False`` still resolves folders and globs and requires every file to be
     a regular file, but skips decoding image headers (for callers that checked recently).
+    ``stats``, when given, receives the ``os.stat`` of every image file that passed.
     """
     with paused_gc():
-        return _load_manifest(path, environ, check_images)
+        return _load_manifest(path, environ, check_images, stats)
 
 
 def _load_manifest(
-    path: Path, environ: Mapping[str, str] | None, check_images: bool
+    path: Path,
+    environ: Mapping[str, str] | None,
+    check_images: bool,
+    stats: dict[Path, os.stat_result] | None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     file = str(path)
     env = os.environ if environ is None else environ
@@ -64,7 +69,7 @@ def _load_manifest(
     data = _expand(doc.data, (), doc, env, file, expansion)
     later = schemacheck.validate(data, doc, file)
     folder = Path(os.path.abspath(path)).parent
-    checker = Checker(file=file, folder=folder, doc=doc, check_images=check_images)
+    checker = Checker(file=file, folder=folder, doc=doc, check_images=check_images, stats=stats)
     api, jobs = checker.run(data)
     # A value left unexpanded fails other checks too; its ${VAR} problem is the one to fix.
     unexpanded = {d.path for d in expansion}
@@ -83,12 +88,13 @@ def load_or_raise(
     check_images: bool = True,
     strict: bool = False,
     warnings: list[Diagnostic] | None = None,
+    stats: dict[Path, os.stat_result] | None = None,
 ) -> Manifest:
     """The manifest, or ``InputError`` with every error (warnings too when ``strict``).
 
     Warnings are logged through structlog and appended to ``warnings`` if given.
     """
-    manifest, diags = load_manifest(path, environ=environ, check_images=check_images)
+    manifest, diags = load_manifest(path, environ=environ, check_images=check_images, stats=stats)
     found = [d for d in diags if d.severity == "warning"]
     if strict and found:
         diags = [_as_error(d) for d in diags]

@@ -5,6 +5,7 @@ Shared by plan, apply and status so they agree on every step.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +27,19 @@ def lockfile_for(manifest: Manifest, flag: str | None) -> Path:
     return Path(flag).absolute() if flag else manifest.default_lockfile()
 
 
-def load(manifest_path: str) -> Manifest:
-    """Validate fully except decoding images, which fingerprinting does for files it reads."""
+def load(manifest_path: str, stats: dict[Path, os.stat_result] | None = None) -> Manifest:
+    """Validate fully except decoding images, which fingerprinting does for files it reads.
+
+    ``stats`` receives each image file's ``stat``, for ``fingerprint`` to reuse.
+    """
     from runner.manifest import load_or_raise
 
-    return load_or_raise(Path(manifest_path), check_images=False)
+    return load_or_raise(Path(manifest_path), check_images=False, stats=stats)
 
 
-def fingerprint(manifest: Manifest) -> list[Fingerprinted]:
+def fingerprint(
+    manifest: Manifest, stats: dict[Path, os.stat_result] | None = None
+) -> list[Fingerprinted]:
     """Fingerprint every job; images not in the digest cache are decoded-checked first.
 
     A no-op plan therefore reads no image bytes, while a new or changed file is checked as
@@ -51,7 +57,7 @@ def fingerprint(manifest: Manifest) -> list[Fingerprinted]:
 
     cache = DigestCache(digest_cache_path(manifest))
     try:
-        fps = fingerprint_jobs(manifest.jobs, cache, on_miss=check)
+        fps = fingerprint_jobs(manifest.jobs, cache, on_miss=check, stats=stats)
     except (_BadImage, OSError) as exc:
         from runner.manifest import load_or_raise
 
@@ -87,11 +93,12 @@ def prepare(
     targets: list[str],
     state: LockState | None = None,
 ) -> Prepared:
+    stats: dict[Path, os.stat_result] = {}  # one stat per image file, shared by both steps
     with paused_gc():
-        manifest = load(manifest_path)
+        manifest = load(manifest_path, stats)
         lockfile = lockfile_for(manifest, lockfile_flag)
         if state is None:
             state = read_lockfile(lockfile)
-        jobs = fingerprint(manifest)
+        jobs = fingerprint(manifest, stats)
         plan = make_plan(manifest_path, jobs, state.entries, targets)
     return Prepared(manifest, manifest_path, lockfile, state, jobs, plan, tuple(targets))
