@@ -53,7 +53,15 @@ def expand_manifests(patterns: Sequence[str]) -> list[str]:
 
 
 def worst(codes: Sequence[int]) -> int:
-    """The exit code of a multi-manifest run: 130 (interrupted) first, then the highest."""
-    if any(code == 130 for code in codes):
+    """The exit code of a multi-manifest run: the most severe, not the highest number.
+
+    130 (interrupted) first; then any failure (1, 3, 4: the highest); then 2 (``plan
+    --detailed-exitcode``: changes), which is information, not a failure, so an invalid
+    manifest (1) beside a changed one (2) still fails the CI check; then 0.
+    """
+    if 130 in codes:
         return 130
-    return max(codes, default=0)
+    failures = [c for c in codes if c not in (0, 2)]
+    if failures:
+        return max(failures)
+    return 2 if 2 in codes else 0
