@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from helpers import REPO_ROOT
 
 GITHUB = REPO_ROOT / "examples" / "ci" / "github-actions.yml"
