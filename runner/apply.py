@@ -33,7 +33,7 @@ from runner.errors import (
     ApiError,
     InsufficientCredit,
 )
-from runner.lockfile import LockEntry, LockSession
+from runner.lockfile import LockEntry, LockfileWriteError, LockSession
 from runner.models import ApiSettings
 from runner.plan import Change, Plan
 
@@ -134,6 +134,7 @@ class Applier:
         self.result = ApplyResult()
         self.stop_submitting = False
         self._post_scopes: set[anyio.CancelScope] = set()
+        self._scope: anyio.CancelScope | None = None
         self._last_flush = clock()
 
     @property
@@ -144,9 +145,25 @@ class Applier:
     # ----- bookkeeping ---------------------------------------------------------------
 
     def _record(self, change: Change, entry: LockEntry | None, message: str | None = None) -> None:
-        self.session.record(change.name, entry)
-        self.reporter.job_changed(change.name, change.action, entry, message)
-        self._maybe_flush()
+        try:
+            self.session.record(change.name, entry)
+            self.reporter.job_changed(change.name, change.action, entry, message)
+            self._maybe_flush()
+        except LockfileWriteError as exc:
+            self._abort_unwritable(exc, change, entry)
+
+    def _abort_unwritable(self, exc: LockfileWriteError, change: Change, entry: LockEntry | None) -> None:
+        """Nothing can be recorded any more: stop everything rather than pay for what we
+        could not write down, and put the one unrecorded change on stderr for the user."""
+        if self.result.fatal is None:
+            self.result.fatal = str(exc)
+        self.stop_submitting = True
+        fields = {"job": change.name}
+        if entry is not None:
+            fields.update(status=entry.status, trigger_word=entry.trigger_word, asset_id=entry.asset_id)
+        log.error("could not record a change; stopping", error=str(exc), **fields)
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _maybe_flush(self) -> None:
         if self.clock() - self._last_flush >= self.options.flush_interval:
@@ -177,19 +194,28 @@ class Applier:
         if not work:
             return self.result
         blocked = plan.with_action("blocked")
-        replay_blocked = self.options.resubmit_uncertain
-        if blocked and not replay_blocked:
+        submits = plan.with_action("create", "replace", "retry")
+        honoured = False
+        if blocked or submits:
+            # Known before the first POST, so a lost answer can be replayed safely at once.
             try:
-                replay_blocked = await self.client.probe_idempotency()
+                honoured = await self.client.probe_idempotency()
             except ApiError as exc:
+                if exc.status in (401, 403):
+                    self.result.fatal = f"the API refused the key (HTTP {exc.status}): {exc.message}"
+                    for change in work:
+                        self._outcome(change, "skipped", change.entry, "not submitted")
+                    return self.result
                 log.warning("could not learn whether the API honours idempotency keys", error=exc.message)
+        replay_blocked = self.options.resubmit_uncertain or honoured
         async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
             tg.start_soon(self._watch_signals, tg.cancel_scope)
             async with anyio.create_task_group() as jobs:
                 # Resumed trainings first: they already hold a slot at the API.
                 for change in plan.with_action("resume"):
                     jobs.start_soon(self._follow_job, change)
-                for change in plan.with_action("create", "replace", "retry"):
+                for change in submits:
                     jobs.start_soon(self._submit_job, change, False)
                 for change in blocked:
                     if replay_blocked:

@@ -248,19 +248,33 @@ class ApiClient:
     # ----- POST /finetune ---------------------------------------------------------------
 
     async def submit(self, job: Job, key: str) -> SubmitResult:
-        async for attempt in stamina.retry_context(
-            on=self._backoff,
-            attempts=self.retry.attempts,
-            timeout=self.retry.timeout,
-            wait_initial=self.retry.wait_initial,
-            wait_max=self.retry.wait_max,
-            wait_jitter=self.retry.wait_jitter,
-        ):
-            with attempt:
-                return await self._submit_once(job, key)
+        """POST the job; retried per the rules above.
+
+        If any attempt may have reached the server (its answer was lost) and the retries
+        run out, the outcome is ``Uncertain``, never a failure: a failure would be retried
+        under a new key and could pay twice.
+        """
+        maybe_sent: list[bool] = []
+        try:
+            async for attempt in stamina.retry_context(
+                on=self._backoff,
+                attempts=self.retry.attempts,
+                timeout=self.retry.timeout,
+                wait_initial=self.retry.wait_initial,
+                wait_max=self.retry.wait_max,
+                wait_jitter=self.retry.wait_jitter,
+            ):
+                with attempt:
+                    return await self._submit_once(job, key, maybe_sent)
+        except Transient as exc:
+            if maybe_sent:
+                raise Uncertain(
+                    f"gave up replaying after lost answers: {exc.message}", status=exc.status, job=job.name
+                ) from exc
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _submit_once(self, job: Job, key: str) -> SubmitResult:
+    async def _submit_once(self, job: Job, key: str, maybe_sent: list[bool]) -> SubmitResult:
         await self.bucket.acquire()
         with _open_files(job.images) as files:
             data: dict[str, Any] = {
@@ -285,6 +299,7 @@ class ApiClient:
                 raise Transient(f"cannot connect to the API: {type(exc).__name__}", job=job.name) from exc
             except httpx.TransportError as exc:
                 if self.honours_idempotency:
+                    maybe_sent.append(True)
                     raise Transient(
                         f"answer lost ({type(exc).__name__}); replaying with the same Idempotency-Key",
                         job=job.name,
@@ -296,6 +311,7 @@ class ApiClient:
         echoed = self._learn(response, key)
         if response.status_code >= 500 and response.status_code not in RETRY_STATUSES:
             if self.honours_idempotency:
+                maybe_sent.append(True)
                 raise Transient(f"HTTP {response.status_code}: {_error_message(response)}",
                                 status=response.status_code, job=job.name)
             raise Uncertain(

@@ -13,6 +13,7 @@ replays the journal over the lockfile first.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -23,10 +24,11 @@ import yaml
 
 from runner.atomic import atomic_write_text, fsync_dir
 from runner.diagnostics import Diagnostic, format_path
-from runner.errors import InputError, LockHeldError
+from runner.errors import InputError, LockHeldError, RunnerError
 
 Status = Literal["pending", "submitting", "uncertain", "training", "succeeded", "failed"]
 LOCK_VERSION = 1
+PARSED_CACHE_VERSION = 1
 HEADER = "# Written by runner; do not edit.\n"
 # Key order in the file: what a reviewer looks at first comes first.
 ENTRY_KEYS = (
@@ -148,31 +150,89 @@ def _validate_document(lockfile: Path, doc: Any) -> None:
         )
 
 
+def parsed_cache_path(lockfile: Path) -> Path:
+    """Where the parsed, validated content of ``lockfile`` is remembered (see below)."""
+    return lock_path(lockfile).with_name(lockfile.name + ".parsed.json")
+
+
+def _cache_key(raw: bytes) -> str:
+    """The lockfile's bytes, and what turned them into a valid document (schema, PyYAML)."""
+    from runner.schemafiles import load_schema
+
+    h = hashlib.sha256(raw)
+    h.update(json.dumps([PARSED_CACHE_VERSION, yaml.__version__, load_schema("lockfile")],
+                        sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _cached_document(lockfile: Path, key: str) -> Any:
+    """The document parsed and validated from these very bytes before, or None.
+
+    Parsing a 10,000-job lockfile (7.5 MB of YAML) and validating it against its schema
+    takes about 2 s; a plan that changes nothing pays it on every run. The content hash
+    makes the cache exact: any edit, merge or rewrite of the file misses it.
+    """
+    try:
+        cached = json.loads(parsed_cache_path(lockfile).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("document"), dict):
+        return cached["document"]
+    return None
+
+
+def _remember_document(lockfile: Path, key: str, doc: Any) -> None:
+    """Best effort: a read-only checkout or a full disk only loses the speed-up."""
+    try:
+        text = json.dumps({"key": key, "document": doc}, separators=(",", ":"), ensure_ascii=False)
+        if json.loads(text)["document"] != doc:  # not plain JSON (e.g. non-string keys)
+            return
+        path = parsed_cache_path(lockfile)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text, fsync=False)
+    except (OSError, TypeError, ValueError):
+        pass
+
+
 def read_lockfile(lockfile: Path) -> LockState:
-    """Read and validate the lockfile, then replay a leftover journal over it (in memory)."""
+    """Read and validate the lockfile, then replay a leftover journal over it (in memory).
+
+    A lockfile whose exact bytes were read before is taken from ``parsed_cache_path``
+    instead of being parsed and validated again.
+    """
     state = LockState()
     try:
-        text = lockfile.read_text(encoding="utf-8")
+        raw = lockfile.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         text = None
     except (OSError, UnicodeDecodeError) as exc:
         raise _invalid(lockfile, f"cannot read lockfile: {exc}") from exc
     if text is not None and text.strip():
-        try:
-            doc = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise _invalid(
-                lockfile, f"lockfile is not valid YAML: {getattr(exc, 'problem', exc)}",
-                line=(mark.line + 1) if mark else 0,
-            ) from exc
-        _validate_document(lockfile, doc)
+        key = _cache_key(raw)
+        doc = _cached_document(lockfile, key)
+        if doc is None:
+            doc = _parse_and_validate(lockfile, text)
+            _remember_document(lockfile, key, doc)
         state.serial = int(doc.get("serial", 0))
         state.entries = {
             name: LockEntry.from_dict(raw) for name, raw in (doc.get("jobs") or {}).items()
         }
     replay_journal(journal_path(lockfile), state)
     return state
+
+
+def _parse_and_validate(lockfile: Path, text: str) -> Any:
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise _invalid(
+            lockfile, f"lockfile is not valid YAML: {getattr(exc, 'problem', exc)}",
+            line=(mark.line + 1) if mark else 0,
+        ) from exc
+    _validate_document(lockfile, doc)
+    return doc
 
 
 def replay_journal(path: Path, state: LockState) -> int:
@@ -211,6 +271,10 @@ def replay_journal(path: Path, state: LockState) -> int:
     return applied
 
 
+class LockfileWriteError(RunnerError):
+    """The journal or the lockfile could not be written; the previous lockfile is intact."""
+
+
 class LockSession:
     """Exclusive, journaled access to one lockfile for the length of an apply."""
 
@@ -246,6 +310,8 @@ class LockSession:
                 f"{self.lockfile}: another runner apply holds the lock ({lp}); "
                 "wait for it to finish (only one apply may write a lockfile at a time)"
             ) from None
+        except OSError as exc:  # after Timeout, which is a TimeoutError (an OSError)
+            raise InputError(f"{self.lockfile}: cannot create the lock {lp}: {exc.strerror or exc}") from exc
         try:
             self.state = read_lockfile(self.lockfile)
             try:
@@ -261,18 +327,28 @@ class LockSession:
             raise
 
     def record(self, name: str, entry: LockEntry | None) -> None:
-        """Journal one change durably, then apply it in memory."""
-        line = json.dumps(
-            {"job": name, "entry": None if entry is None else entry.to_dict()},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-        self._append(line.encode("utf-8") + b"\n")
+        """Apply one change in memory, then journal it durably before returning.
+
+        Memory first: if an interrupt lands between the two, the final flush still writes
+        the change. The caller sends the request that depends on it only after we return.
+        Raises ``LockfileWriteError`` when the journal cannot be written (disk full, ...).
+        """
         if entry is None:
             self.state.entries.pop(name, None)
         else:
             self.state.entries[name] = entry
         self.dirty = True
+        line = json.dumps(
+            {"job": name, "entry": None if entry is None else entry.to_dict()},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        try:
+            self._append(line.encode("utf-8") + b"\n")
+        except OSError as exc:
+            raise LockfileWriteError(
+                f"{self.journal}: cannot write the journal: {exc.strerror or exc}"
+            ) from exc
 
     def _append(self, data: bytes) -> None:
         if self._journal_fd is None:
@@ -294,11 +370,22 @@ class LockSession:
         # Same entries at the same serial render to the same text: nothing to write.
         changed = self.state.render() != self._written
         if changed:
+            candidate = LockState(self.state.entries, self.state.serial + 1)
+            text = candidate.render()
+            try:
+                atomic_write_text(self.lockfile, text)
+            except OSError as exc:
+                raise LockfileWriteError(
+                    f"{self.lockfile}: cannot write the lockfile: {exc.strerror or exc}. The "
+                    f"previous lockfile is intact and {self.journal.name} keeps every change; "
+                    "the next runner command replays it"
+                ) from exc
             self.state.serial += 1
-            text = self.state.render()
-            atomic_write_text(self.lockfile, text)
             self._written = text
-        self._truncate_journal()
+        try:
+            self._truncate_journal()
+        except OSError as exc:
+            raise LockfileWriteError(f"{self.journal}: cannot empty the journal: {exc.strerror or exc}") from exc
         self.dirty = False
         return changed
 
@@ -322,6 +409,10 @@ class LockSession:
                 self.journal.unlink()
             fsync_dir(self.lockfile.parent)
         finally:
+            if self._journal_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._journal_fd)
+                self._journal_fd = None
             if self._flock is not None:
                 self._flock.release()
                 self._flock = None

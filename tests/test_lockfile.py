@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import InputError, LockHeldError
-from runner.lockfile import LockEntry, LockSession, journal_path, read_lockfile
+from runner.lockfile import LockEntry, LockfileWriteError, LockSession, journal_path, read_lockfile
 
 FP = "sha256:" + "c" * 64
 
@@ -111,7 +111,7 @@ def test_failed_rewrite_keeps_old_lockfile_and_journal(tmp_path: Path, monkeypat
     s = LockSession(lock)
     s.acquire()
     s.record("b", entry())
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(LockfileWriteError, match=r"No space left on device.*previous lockfile is intact"):
         s.close()
     assert lock.read_bytes() == before
     monkeypatch.undo()

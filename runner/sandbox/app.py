@@ -278,8 +278,20 @@ class Sandbox:
         if fault == "slow":
             await anyio.sleep(self.faults.slow_seconds())
         if fault == "lost_post":
-            await app(scope, receive, _swallow)
-            await _drop(raw_send)
+            # Only a training that was created has an answer worth losing; a refused POST
+            # (4xx, such as a client's free probe) is answered as usual.
+            held: list[Message] = []
+
+            async def hold(message: Message) -> None:
+                held.append(message)
+
+            await app(scope, receive, hold)
+            status = held[0].get("status", 500) if held else 500
+            if 200 <= status < 300:
+                await _drop(raw_send)
+                return
+            for message in held:
+                await send(message)
             return
         await app(scope, receive, send)
 
@@ -343,10 +355,6 @@ def _echo(send: Send, value: bytes) -> Send:
         await send(message)
 
     return echo
-
-
-async def _swallow(_message: Message) -> None:
-    return None
 
 
 async def _drop(send: Send) -> None:
