@@ -159,6 +159,7 @@ def render_manifest(found: list[Found], out: Path) -> str:
         "api:",
         "  endpoint: sandbox          # the embedded local API; https://api.vimmerse.net for real",
         "  api_key_env: VIMMERSE_API_KEY",
+        "  poll_interval: 10s          # how often to ask about a running training",
         f"  max_submissions: {max(10, len(found))}        # budget guard: apply refuses plans starting more trainings",
         "",
         "defaults:",
