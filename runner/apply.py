@@ -12,6 +12,7 @@ the next plan treats the same way.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -110,6 +111,10 @@ class ApplyResult:
         return EXIT_OK
 
 
+class _Unrecordable(Exception):
+    """A change could not be journaled: the job's task ends here, the run is stopping."""
+
+
 class Applier:
     def __init__(
         self,
@@ -151,6 +156,7 @@ class Applier:
             self._maybe_flush()
         except LockfileWriteError as exc:
             self._abort_unwritable(exc, change, entry)
+            raise _Unrecordable from exc
 
     def _abort_unwritable(self, exc: LockfileWriteError, change: Change, entry: LockEntry | None) -> None:
         """Nothing can be recorded any more: stop everything rather than pay for what we
@@ -184,9 +190,11 @@ class Applier:
         plan = self.plan
         if self.options.prune:
             for change in plan.with_action("orphan"):
-                self.session.record(change.name, None)
+                try:
+                    self._record(change, None, "pruned from the lockfile")
+                except _Unrecordable:
+                    return self.result
                 self.result.pruned.append(change.name)
-                self.reporter.job_changed(change.name, "orphan", None, "pruned from the lockfile")
         for change in plan.with_action("noop"):
             self._outcome(change, "succeeded", change.entry)
         work = plan.with_action("create", "replace", "retry", "resume", "blocked")
@@ -255,6 +263,10 @@ class Applier:
     # ----- one job ----------------------------------------------------------------------
 
     async def _submit_job(self, change: Change, replay: bool) -> None:
+        with contextlib.suppress(_Unrecordable):  # the run is stopping; fatal is set
+            await self._submit_job_inner(change, replay)
+
+    async def _submit_job_inner(self, change: Change, replay: bool) -> None:
         async with self.in_flight:
             if self.stop_submitting:
                 self._outcome(change, "skipped", change.entry, "not submitted")
@@ -268,6 +280,10 @@ class Applier:
             await self._follow(change, entry)
 
     async def _follow_job(self, change: Change) -> None:
+        with contextlib.suppress(_Unrecordable):
+            await self._follow_job_inner(change)
+
+    async def _follow_job_inner(self, change: Change) -> None:
         assert change.entry is not None
         if self.options.no_wait:
             self._outcome(change, "training", change.entry, "not waited for (--no-wait)")
