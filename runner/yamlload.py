@@ -140,8 +140,6 @@ def read_text(path: Path, *, max_bytes: int = MAX_BYTES) -> str:
         raise YamlError("is a folder, not a manifest file")
     if not stat.S_ISREG(st.st_mode):
         raise YamlError("not a regular file")
-    if st.st_size > max_bytes:
-        raise YamlError(f"file is too large ({st.st_size} bytes; the limit is {max_bytes})")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as fh:
@@ -151,7 +149,14 @@ def read_text(path: Path, *, max_bytes: int = MAX_BYTES) -> str:
     except OSError as exc:
         raise YamlError(_os_reason(exc)) from None
     if len(raw) > max_bytes:
-        raise YamlError(f"file is too large (the limit is {max_bytes} bytes)")
+        # Point at the line that crosses the limit: usually one huge value.
+        start = raw.rfind(b"\n", 0, max_bytes) + 1
+        line = raw.count(b"\n", 0, max_bytes) + 1
+        col = len(raw[start:max_bytes].decode("utf-8", "replace")) + 1
+        size = max(st.st_size, len(raw))
+        raise YamlError(
+            f"file is too large ({size} bytes; the limit is {max_bytes}, passed on this line)", line, col
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
