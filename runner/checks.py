@@ -13,6 +13,7 @@ caller discards them when any error was found.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -115,7 +116,7 @@ class Checker:
     ) -> None:
         line, col = self.doc.position(path, key=at_key)
         self.diagnostics.append(
-            Diagnostic(self.file, line, col, format_path(list(path)), message, severity)
+            Diagnostic(self.file, line, col, format_path(list(path)), clip(message), severity)
         )
 
     # -- the whole document --------------------------------------------------------------
@@ -405,7 +406,11 @@ class Checker:
     def inside(self, path: Path) -> bool:
         """Is ``path`` (absolute, normalised) the manifest's folder or below it?"""
         text, root = str(path), str(self.folder)
-        return text == root or text.startswith(root.rstrip(os.sep) + os.sep)
+        return text == root or text.startswith(self._root_prefix)
+
+    @functools.cached_property
+    def _root_prefix(self) -> str:
+        return str(self.folder).rstrip(os.sep) + os.sep
 
     def escapes(self, where: _PATH, text: str) -> bool:
         """Report a path that leaves the manifest's folder once ``..`` (or ``~``, or an
@@ -436,6 +441,14 @@ class Checker:
         except ValueError:
             return str(path)
         return str(path) if rel.startswith("..") else rel
+
+
+def clip(message: str, limit: int = 400) -> str:
+    """Keep a message that quotes a huge value (a 4 MB path) readable: its head and tail."""
+    if len(message) <= limit:
+        return message
+    cut = len(message) - (limit - 100)
+    return f"{message[: limit - 200]}...[{cut} characters]...{message[-100:]}"
 
 
 def _valid_field(key: str, value: object) -> bool:
