@@ -106,7 +106,7 @@ def _oversize(tmp_path: Path) -> str:
     with (tmp_path / "m.yaml").open("w") as fh:
         fh.write("version: 1\njobs:\n")
         fh.write("# padding\n" * 600_000)
-    return "m.yaml: file is too large"
+    return "m.yaml:524289:4: file is too large"  # the line that crosses the 5 MB limit
 
 
 TMP_CASES: list[Callable[[Path], str]] = [
