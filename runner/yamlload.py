@@ -231,6 +231,7 @@ class _Builder:
         self.anchors: dict[str, Node] = {}
         self.open_anchors: set[str] = set()
         self.problems: list[Problem] = []
+        self.aliased = False  # an alias was used: a huge size is then likely a bomb
 
     def _path(self) -> tuple[PathPart, ...]:
         if not self.stack:
@@ -255,6 +256,7 @@ class _Builder:
             if target is None:
                 reason = "refers to itself" if event.anchor in self.open_anchors else "is not defined"
                 raise YamlError(f"alias *{event.anchor} {reason}", line, col)
+            self.aliased = True
             self._add(target, line, col)
         elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
             is_map = isinstance(event, yaml.MappingStartEvent)
@@ -309,9 +311,11 @@ class _Builder:
         parent = top.node
         parent.size += node.size
         if parent.size > MAX_NODES:
-            raise YamlError(
-                f"the document expands to more than {MAX_NODES} nodes (alias bomb?)", line, col
-            )
+            if self.aliased:
+                message = f"the document expands to more than {MAX_NODES} nodes once aliases are expanded (alias bomb?)"
+            else:
+                message = f"the document has more than {MAX_NODES} nodes (keys, values and list items)"
+            raise YamlError(message, line, col)
         if parent.kind == "seq":
             parent.items.append(node)
             return
