@@ -19,6 +19,7 @@ file used by several jobs is decoded once.
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import os
 import stat
@@ -60,7 +61,31 @@ def is_supported(path: str | Path) -> bool:
 
 def absolute(folder: Path, spec: str) -> Path:
     """Join lexically (no symlink resolution): the path we show and upload is the one written."""
-    return Path(os.path.normpath(os.path.join(folder, os.path.expanduser(spec))))
+    return _path(os.path.normpath(os.path.join(folder, os.path.expanduser(spec))))
+
+
+def _path(text: str) -> Path:
+    """``Path(text)`` for a normalised path, without re-parsing the folder part every time.
+
+    Manifests name thousands of files in a few folders; parsing each full path costs more
+    than the ``stat`` that follows (pathlib parses every component), so the folder's Path
+    is cached and the file name appended as an already-parsed part.
+    """
+    head, tail = os.path.split(text)
+    if not head or not tail or tail in (".", ".."):
+        return Path(text)
+    return _child(_folder_path(head), tail)
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_path(text: str) -> Path:
+    return Path(text)
+
+
+def _child(folder: Path, name: str) -> Path:
+    """``folder / name`` for a name without separators (no parsing where pathlib allows)."""
+    make = getattr(folder, "_make_child_relpath", None)
+    return make(name) if make is not None else folder / name
 
 
 def list_folder(path: Path) -> Resolved:
@@ -75,9 +100,8 @@ def list_folder(path: Path) -> Resolved:
     if not names:
         return Resolved(error=f"no images in folder (looked for {SUPPORTED_TEXT})")
     # A name from scandir has no separator, so the child needs no parsing (5x faster than
-    # ``path / name``, which matters at 100,000 files); a Python without it gets ``/``.
-    child = getattr(path, "_make_child_relpath", path.joinpath)
-    return Resolved(paths=[child(name) for name in names])
+    # ``path / name``, which matters at 100,000 files).
+    return Resolved(paths=[_child(path, name) for name in names])
 
 
 def resolve(folder: Path, spec: str, *, path: Path | None = None) -> Resolved:
@@ -96,7 +120,7 @@ def resolve(folder: Path, spec: str, *, path: Path | None = None) -> Resolved:
         images = sorted(os.path.normpath(m) for m in matches if is_supported(m) and not os.path.isdir(m))
         if not images:
             return Resolved(error=f"no images match (looked for {SUPPORTED_TEXT})")
-        return Resolved(paths=[Path(m) for m in images])
+        return Resolved(paths=[_path(m) for m in images])
     if path is None:
         path = absolute(folder, spec)
     if os.path.isdir(path):
@@ -257,6 +281,30 @@ def _deep_check(im: Any, fmt: str | None) -> str | None:
     return None
 
 
+def _check_readable(
+    paths: list[Path], stats: dict[Path, os.stat_result] | None
+) -> dict[Path, str | None]:
+    """``check_file(decode=False)`` for many files, inlined: plan and apply run it on every
+    image of the manifest (100,000 files: 0.5 s instead of 0.8 s). A file that looks wrong
+    goes through ``check_file`` for the exact message."""
+    out: dict[Path, str | None] = {}
+    do_stat, do_access, is_reg, readable = os.stat, os.access, stat.S_ISREG, os.R_OK
+    for path in paths:
+        text = str(path)
+        try:
+            st = do_stat(text)
+        except OSError:
+            out[path] = check_file(path, decode=False, stats=stats)
+            continue
+        if is_reg(st.st_mode) and st.st_size and do_access(text, readable):
+            out[path] = None
+            if stats is not None:
+                stats[path] = st
+        else:
+            out[path] = check_file(path, decode=False, stats=stats)
+    return out
+
+
 def check_files(
     paths: Iterable[Path],
     *,
@@ -272,7 +320,9 @@ def check_files(
     where each read waits on the disk or network (cold caches, network drives).
     """
     unique = list(dict.fromkeys(paths))
-    if workers <= 1 or len(unique) < 64 or not decode:
+    if not decode:
+        return _check_readable(unique, stats)
+    if workers <= 1 or len(unique) < 64:
         return {p: check_file(p, decode=decode, stats=stats) for p in unique}
     # A few large batches: one future per file costs more than a small image's check.
     size = max(16, len(unique) // (workers * 4))
