@@ -41,15 +41,18 @@ def load_manifest(
     environ: Mapping[str, str] | None = None,
     check_images: bool = True,
     stats: dict[Path, os.stat_result] | None = None,
+    schema_cache: Path | None = None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     """Read, expand, validate and resolve one manifest; never raises for bad input.
 
     ``check_images=False`` still resolves folders and globs and requires every file to be
     a regular file, but skips decoding image headers (for callers that checked recently).
     ``stats``, when given, receives the ``os.stat`` of every image file that passed.
+    ``schema_cache`` is a file remembering documents that passed the JSON Schema
+    (``schema.validate``); plan and apply use one under ``.runner/``.
     """
     with paused_gc():
-        return _load_manifest(path, environ, check_images, stats)
+        return _load_manifest(path, environ, check_images, stats, schema_cache)
 
 
 def _load_manifest(
@@ -57,6 +60,7 @@ def _load_manifest(
     environ: Mapping[str, str] | None,
     check_images: bool,
     stats: dict[Path, os.stat_result] | None,
+    schema_cache: Path | None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     file = str(path)
     env = os.environ if environ is None else environ
@@ -67,7 +71,7 @@ def _load_manifest(
     diags = [Diagnostic(file, p.line, p.col, format_path(list(p.path)), p.message) for p in doc.problems]
     expansion: list[Diagnostic] = []
     data = _expand(doc.data, (), doc, env, file, expansion)
-    later = schemacheck.validate(data, doc, file)
+    later = schemacheck.validate(data, doc, file, cache=schema_cache)
     folder = Path(os.path.abspath(path)).parent
     checker = Checker(file=file, folder=folder, doc=doc, check_images=check_images, stats=stats)
     api, jobs = checker.run(data)
@@ -89,12 +93,15 @@ def load_or_raise(
     strict: bool = False,
     warnings: list[Diagnostic] | None = None,
     stats: dict[Path, os.stat_result] | None = None,
+    schema_cache: Path | None = None,
 ) -> Manifest:
     """The manifest, or ``InputError`` with every error (warnings too when ``strict``).
 
     Warnings are logged through structlog and appended to ``warnings`` if given.
     """
-    manifest, diags = load_manifest(path, environ=environ, check_images=check_images, stats=stats)
+    manifest, diags = load_manifest(
+        path, environ=environ, check_images=check_images, stats=stats, schema_cache=schema_cache
+    )
     found = [d for d in diags if d.severity == "warning"]
     if strict and found:
         diags = [_as_error(d) for d in diags]

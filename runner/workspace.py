@@ -34,7 +34,8 @@ def load(manifest_path: str, stats: dict[Path, os.stat_result] | None = None) ->
     """
     from runner.manifest import load_or_raise
 
-    return load_or_raise(Path(manifest_path), check_images=False, stats=stats)
+    cache = Path(os.path.abspath(manifest_path)).parent / ".runner" / "schema-valid.json"
+    return load_or_raise(Path(manifest_path), check_images=False, stats=stats, schema_cache=cache)
 
 
 def fingerprint(
