@@ -16,12 +16,21 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def paused_gc() -> Iterator[None]:
-    """Disable the cyclic collector for the block (nested uses are fine)."""
+def paused_gc(*, freeze: bool = False) -> Iterator[None]:
+    """Disable the cyclic collector for the block (nested uses are fine).
+
+    ``freeze=True`` then moves every object alive at the end of the block out of the
+    collector's sight (``gc.freeze``), for data that lives as long as the command: the
+    loaded plan is otherwise re-walked once when collection resumes (0.25 s for 10,000
+    jobs) and again by every full collection of a long apply. Frozen objects are still
+    freed by reference counting; only a cycle among them would never be collected.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         if was_enabled:
             gc.enable()

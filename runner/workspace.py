@@ -95,7 +95,7 @@ def prepare(
     state: LockState | None = None,
 ) -> Prepared:
     stats: dict[Path, os.stat_result] = {}  # one stat per image file, shared by both steps
-    with paused_gc():
+    with paused_gc(freeze=True):
         manifest = load(manifest_path, stats)
         lockfile = lockfile_for(manifest, lockfile_flag)
         if state is None:
