@@ -2,17 +2,23 @@
 
 Redaction is a processor at the end of the chain, so nothing a caller logs (event text,
 values, formatted exceptions) can carry a registered secret to stderr.
+
+structlog is imported only by code that logs: importing it costs about 85 ms (its console
+renderer pulls in rich and pygments), more than all of ``runner validate`` on a small
+manifest, which never logs. ``configure`` therefore applies its settings at once when
+structlog is already imported, and otherwise the moment something imports it.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
+from types import ModuleType
 from typing import Any, TextIO
-
-import structlog
 
 _SECRETS: set[str] = set()
 # The resolved output format ("console" or "json"), for views that draw on a terminal.
@@ -75,6 +81,57 @@ def configure(log_format: str = "auto", verbosity: int = 0, stream: TextIO | Non
         level = logging.DEBUG
     elif verbosity < 0:
         level = logging.WARNING
+    # Libraries below us log through stdlib logging; keep them quiet unless -v.
+    for name in ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+    if "structlog" in sys.modules:
+        _configure_structlog(fmt, level, stream)
+    else:
+        _ConfigureOnImport.install((fmt, level, stream))
+    return fmt
+
+
+class _ConfigureOnImport(importlib.abc.MetaPathFinder):
+    """Finds ``structlog`` like the normal finders, and configures it once it has loaded."""
+
+    pending: tuple[str, int, TextIO] | None = None
+
+    @classmethod
+    def install(cls, settings: tuple[str, int, TextIO]) -> None:
+        cls.pending = settings  # the latest configure() wins, as with an immediate one
+        if not any(isinstance(f, cls) for f in sys.meta_path):
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> Any:
+        if fullname != "structlog":
+            return None
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ConfigureOnImport)]
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenConfigure(spec.loader)
+        return spec
+
+
+class _ThenConfigure(importlib.abc.Loader):
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        module: ModuleType | None = self.loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        settings, _ConfigureOnImport.pending = _ConfigureOnImport.pending, None
+        if settings is not None:
+            _configure_structlog(*settings)
+
+
+def _configure_structlog(fmt: str, level: int, stream: TextIO) -> None:
+    import structlog
+
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -95,7 +152,3 @@ def configure(log_format: str = "auto", verbosity: int = 0, stream: TextIO | Non
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries below us log through stdlib logging; keep them quiet unless -v.
-    for name in ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
-    return fmt

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.apply import ApplyResult
 from runner.lockfile import LockEntry
 from runner.plan import ACTIONS, Plan
+
+if TYPE_CHECKING:  # runner.apply brings httpx and anyio, which plan and status never use
+    from runner.apply import ApplyResult
 
 SYMBOLS = {
     "create": "+",

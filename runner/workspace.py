@@ -9,8 +9,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from runner.errors import InputError
 from runner.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
 from runner.gcpause import paused_gc
@@ -69,6 +67,8 @@ def fingerprint(
         cache.save()
     except OSError as exc:
         # A read-only checkout only loses the cache (speed), never correctness.
+        import structlog  # lazily: a plan that logs nothing need not load it
+
         structlog.get_logger("runner").debug("digest cache not saved", error=str(exc))
     return fps
 
