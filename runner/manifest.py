@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import schema as schemacheck
-from runner.checks import Checker
+from runner.checks import Checker, clip
 from runner.diagnostics import Diagnostic, format_path, sort_diagnostics
 from runner.errors import InputError
 from runner.gcpause import paused_gc
@@ -33,6 +33,7 @@ from runner.yamlload import Document, PathPart, YamlError, load_file
 
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_DIAGNOSTICS = 1000  # per manifest: a hostile file must not print a million lines
 
 
 def load_manifest(
@@ -79,6 +80,9 @@ def _load_manifest(
     unexpanded = {d.path for d in expansion}
     later = [d for d in later + checker.diagnostics if d.path not in unexpanded]
     diags = sort_diagnostics(diags + expansion + later)
+    if len(diags) > MAX_DIAGNOSTICS:
+        more = f"more errors not shown (only the first {MAX_DIAGNOSTICS} are listed)"
+        diags = [*diags[:MAX_DIAGNOSTICS], Diagnostic(file, 0, 0, "", more)]
     if any(d.severity == "error" for d in diags):
         return None, diags
     manifest = Manifest(path=Path(os.path.abspath(path)), api=api, jobs=tuple(jobs))
@@ -165,7 +169,7 @@ def _expand(
         expanded, problems = expand_string(value, environ)
         for offset, message in problems:
             line, col = _offset_position(doc, path, value, offset)
-            diags.append(Diagnostic(file, line, col, format_path(list(path)), message))
+            diags.append(Diagnostic(file, line, col, format_path(list(path)), clip(message)))
         return expanded
     if isinstance(value, list):
         return [_expand(v, (*path, i), doc, environ, file, diags) for i, v in enumerate(value)]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # jsonschema costs 50 ms to import; only a cache miss needs i
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
+MAX_ERRORS = 1000  # schema errors collected per document; see ``validate``
 VALID_CACHE_VERSION = 1
 VALID_CACHE_SIZE = 32  # documents remembered per cache file (one per manifest edit)
 
@@ -67,7 +68,24 @@ def validate(
     if key is not None and cache is not None and key in _known_valid(cache):
         return []
     out: list[Diagnostic] = []
+    errors: list[ValidationError] = []
+    wrong_type: set[tuple[Any, ...]] = set()
     for error in validator(schema).iter_errors(data):
+        # A value of the wrong type fails every other rule at its place too ("not both" on
+        # a list): the type is the one problem to report there.
+        where = tuple(error.absolute_path)
+        if error.validator == "type":
+            wrong_type.add(where)
+        elif where in wrong_type:
+            continue
+        # jsonschema walks every item: 100,000 bad jobs would take a minute and print
+        # 200,000 lines. Over MAX_ERRORS, the caller says the rest are not shown.
+        if len(errors) > MAX_ERRORS:
+            break
+        errors.append(error)
+    for error in errors:
+        if error.validator != "type" and tuple(error.absolute_path) in wrong_type:
+            continue
         for path, message, at_key in _explain(error):
             line, col = doc.position(path, key=at_key) if doc is not None else (0, 0)
             out.append(Diagnostic(file, line, col, format_path(list(path)), message))
