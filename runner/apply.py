@@ -239,6 +239,18 @@ class Applier:
         return self.result
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        # Leaving the receiver resets the signals to their defaults (asyncio's
+        # remove_signal_handler); put back what the CLI installed, so a SIGTERM during the
+        # final lockfile write still becomes a clean exit 130 rather than a kill.
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            await self._receive_signals(scope)
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+    async def _receive_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             count = 0
             async for signum in signals:

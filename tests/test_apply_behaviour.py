@@ -154,3 +154,20 @@ def test_markdown_plan_is_a_table(tmp_path: Path) -> None:
     assert result.code == 0
     assert "| action | job | why |" in result.stdout
     assert "| create | `job-000` |" in result.stdout
+
+
+def test_many_manifests_all_validated_before_anything_is_sent(tmp_path: Path) -> None:
+    """apply over a glob: one invalid manifest means exit 1 and no POST; fixed, both apply."""
+    with sandbox(tmp_path / "sb") as url:
+        write_manifest(tmp_path, url, 2, name="a.yaml")
+        write_manifest(tmp_path, url, 1, name="b.yaml")
+        (tmp_path / "b.yaml").write_text((tmp_path / "b.yaml").read_text().replace("lora_prefix", "lora_prefx"))
+        refused = runner("apply", "*.yaml", cwd=tmp_path)
+        assert refused.code == 1
+        assert "b.yaml" in refused.stderr and "nothing was submitted" in refused.stderr
+        assert ledger(url)["posts"] == 0
+        write_manifest(tmp_path, url, 1, name="b.yaml")
+        done = runner("apply", "*.yaml", cwd=tmp_path)
+        assert done.code == 0, done.stderr
+        assert (tmp_path / "a.lock.yaml").exists() and (tmp_path / "b.lock.yaml").exists()
+        assert runner("apply", "*.yaml", "--max-submissions", "0", cwd=tmp_path).code == 0  # all noop

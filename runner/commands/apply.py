@@ -14,8 +14,9 @@ from runner import logsetup
 from runner.apply import Applier, ApplyOptions, ApplyResult, LogReporter, Reporter
 from runner.client import ApiClient
 from runner.endpoint import Connection, connect
-from runner.errors import EXIT_INTERRUPTED, UsageError
+from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.lockfile import LockSession
+from runner.manifests import expand_manifests, worst
 from runner.models import Manifest
 from runner.plan import SUBMITTING_ACTIONS, Plan
 from runner.ratelimit import TokenBucket
@@ -27,26 +28,66 @@ API_ACTIONS = ("create", "replace", "retry", "resume", "blocked")
 
 
 def run(args: argparse.Namespace) -> int:
-    if len(args.manifests) > 1 and args.lockfile:
+    """Validate and plan every manifest first, so bad input anywhere means nothing is sent."""
+    manifests = expand_manifests(args.manifests)
+    if len(manifests) > 1 and args.lockfile:
         raise UsageError("--lockfile cannot be used with several manifests")
     if args.parallelism is not None and args.parallelism < 1:
         raise UsageError("--parallelism must be at least 1")
     if args.max_submissions is not None and args.max_submissions < 0:
         raise UsageError("--max-submissions must be 0 or more")
-    worst = 0
-    for manifest_path in args.manifests:
-        code = apply_one(manifest_path, args)
+    # Phase 1, read-only: every manifest valid and within its budget, before anything is sent.
+    problems: list[str] = []
+    total = 0
+    for manifest_path in manifests:
+        try:
+            prepared = prepare(manifest_path, args.lockfile, args.target)
+            if args.max_submissions is None:
+                budget_guard(prepared.plan, prepared.manifest, args)
+            total += submissions_in(prepared.plan, args)
+        except RunnerError as exc:
+            if len(manifests) == 1:
+                raise
+            problems.append(logsetup.redact(str(exc)))
+    if problems:
+        raise InputError("\n".join(problems) + "\nnothing was submitted")
+    if args.max_submissions is not None and total > args.max_submissions:
+        raise UsageError(
+            f"the plan would start {total} trainings, more than --max-submissions allows "
+            f"({args.max_submissions}); nothing was submitted"
+        )
+    # Phase 2: each manifest under its own lock, one after the other.
+    codes: list[int] = []
+    for manifest_path in manifests:
+        if len(manifests) > 1 and not args.quiet:
+            print(f"== {manifest_path}", file=sys.stderr)
+        try:
+            code = apply_one(manifest_path, args)
+        except RunnerError as exc:
+            if len(manifests) == 1:
+                raise
+            print(f"error: {manifest_path}: {logsetup.redact(str(exc))}", file=sys.stderr)
+            code = exc.exit_code
+        codes.append(code)
         if code == EXIT_INTERRUPTED:
-            return code
-        worst = max(worst, code)
-    return worst
+            break
+    if len(manifests) > 1:
+        names = dict(zip(manifests, codes, strict=False))
+        summary = ", ".join(f"{m}: exit {c}" for m, c in names.items())
+        print(f"Applied {len(codes)} of {len(manifests)} manifests ({summary}).", file=sys.stderr)
+    return worst(codes)
+
+
+def submissions_in(plan: Plan, args: argparse.Namespace) -> int:
+    count = sum(1 for c in plan.changes if c.action in SUBMITTING_ACTIONS)
+    if args.resubmit_uncertain:
+        count += len(plan.with_action("blocked"))
+    return count
 
 
 def budget_guard(plan: Plan, manifest: Manifest, args: argparse.Namespace) -> None:
     """Refuse, before anything is sent, a plan that would start more trainings than allowed."""
-    submissions = sum(1 for c in plan.changes if c.action in SUBMITTING_ACTIONS)
-    if args.resubmit_uncertain:
-        submissions += len(plan.with_action("blocked"))
+    submissions = submissions_in(plan, args)
     limit, source = args.max_submissions, "--max-submissions"
     if limit is None:
         limit, source = manifest.api.max_submissions, "api.max_submissions"
