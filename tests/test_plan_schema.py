@@ -1,0 +1,25 @@
+"""plan --format json documents validate against schemas/plan.schema.json (one and many)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from apply_support import runner, write_manifest
+from jsonschema import Draft202012Validator
+
+from runner.schemafiles import load_schema
+
+
+def test_single_and_catalog_plans_match_the_schema(tmp_path: Path) -> None:
+    """Both the one-manifest plan and the many-manifest wrapper are valid plan documents."""
+    write_manifest(tmp_path, "sandbox", 2, name="a.yaml")
+    write_manifest(tmp_path, "sandbox", 1, name="b.yaml")
+    validator = Draft202012Validator(load_schema("plan"))
+    one = json.loads(runner("plan", "a.yaml", "--format", "json", cwd=tmp_path).stdout)
+    many = json.loads(runner("plan", "a.yaml", "b.yaml", "--format", "json", cwd=tmp_path).stdout)
+    assert list(validator.iter_errors(one)) == []
+    assert list(validator.iter_errors(many)) == []
+    assert len(many["manifests"]) == 2
+    broken = {**one, "summary": {**one["summary"], "create": "two"}}
+    assert list(validator.iter_errors(broken)) != []
