@@ -168,9 +168,11 @@ class Store:
                 " WHERE id = ?",
                 (account,),
             ).fetchone()
+            args = [r[0] for r in self._db.execute("SELECT args FROM assets WHERE account = ?", (account,))]
         if row is None:
-            return {"credits_charged": 0, "trainings": 0, "posts": 0, "replays": 0, "balance": None}
-        return dict(row)
+            return {"credits_charged": 0, "trainings": 0, "posts": 0, "replays": 0, "balance": None,
+                    "duplicate_trainings": 0}
+        return {**dict(row), "duplicate_trainings": _duplicates(args)}
 
     # -- assets ---------------------------------------------------------------------
 
@@ -331,3 +333,17 @@ class Store:
     def purge_idempotent(self, before: float) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
+
+
+def _duplicates(all_args: list[str]) -> int:
+    """Trainings whose inputs repeat an earlier training's: what a client that pays twice
+    for the same request leaves behind (the webhook is not an input)."""
+    seen: set[str] = set()
+    dupes = 0
+    for raw in all_args:
+        args = json.loads(raw)
+        args.pop("webhook_url", None)
+        key = json.dumps(args, sort_keys=True)
+        dupes += key in seen
+        seen.add(key)
+    return dupes

@@ -67,3 +67,4 @@ def test_fault_cell(tmp_path: Path, rate: float, kind: str, long_run: bool) -> N
     assert code == 0, {n: (e.status, e.error) for n, e in entries.items()}
     assert succeeded == jobs
     assert book["credits_charged"] == jobs
+    assert book["duplicate_trainings"] == 0
