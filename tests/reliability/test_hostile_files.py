@@ -253,3 +253,52 @@ def test_all_hostile_files_through_the_real_entry_point(tmp_path: Path) -> None:
     for i, name in enumerate(names):
         assert f"m.yaml:{5 + 2 * i}:14: jobs[{i}].images[0]: " in result.stdout
         assert f": {name}\n" in result.stdout, name
+
+
+_FIFO_SWAP = """
+import os, sys
+from pathlib import Path
+import anyio
+from apply_support import SECRET, sandbox
+from helpers import make_image
+from runner.apply import Applier, ApplyOptions
+from runner.client import ApiClient
+from runner.lockfile import LockSession
+from runner.ratelimit import TokenBucket
+from runner.workspace import prepare
+
+tmp = Path(sys.argv[1])
+folder = tmp / "p"
+make_image(folder / "a" / "0.png")
+with sandbox(tmp / "state", train_seconds=0.1) as url:
+    path = folder / "m.yaml"
+    path.write_text(f"version: 1\\napi: {{endpoint: '{url}', poll_interval: 100ms}}\\njobs:\\n  - name: a\\n    images: a\\n")
+
+    async def go():
+        with LockSession(folder / "m.lock.yaml") as session:
+            prepared = prepare(str(path), None, [], state=session.state)
+            img = folder / "a" / "0.png"
+            img.unlink()
+            os.mkfifo(img)
+            async with ApiClient(url, SECRET, TokenBucket(100.0, 20)) as client:
+                return (await Applier(prepared.plan, session, client, prepared.manifest.api, ApplyOptions()).run()).exit_code
+
+    print("exit", anyio.run(go))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.xfail(strict=True, reason="runner/client.py opens uploads with a blocking open(): reported to the lead")
+def test_image_swapped_for_a_fifo_before_upload_does_not_hang(tmp_path: Path) -> None:
+    """An image replaced by a FIFO after validation fails its job (exit 3) instead of blocking apply forever."""
+    import subprocess
+    import sys
+
+    tests = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    try:
+        result = subprocess.run([sys.executable, "-c", _FIFO_SWAP, str(tmp_path)], env=env,
+                                capture_output=True, text=True, timeout=10)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("apply blocked on a FIFO swapped in for an image")
+    assert "exit 3" in result.stdout, result.stderr
