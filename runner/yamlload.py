@@ -39,6 +39,11 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _KEEP_AS_STRING = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"}
 _MAP_TAGS = {None, "!", "tag:yaml.org,2002:map"}
 _SEQ_TAGS = {None, "!", "tag:yaml.org,2002:seq"}
+# Plain scalars whose first character starts no implicit resolver (null, bool, int, float,
+# merge, ...), and every quoted scalar, resolve to str whatever their text: the common
+# case (names, paths, prompts) skips the resolver's regexes and the constructor call.
+_RESOLVED_BY_FIRST = frozenset(k for k in _Loader.yaml_implicit_resolvers if k is not None)
+_FAST_STR = None not in _Loader.yaml_implicit_resolvers and not _Loader.yaml_path_resolvers
 
 PathPart = str | int
 
@@ -80,6 +85,11 @@ class Node:
     entries: dict[str, tuple[Node, Node]] = field(default_factory=dict)
     items: list[Node] = field(default_factory=list)
     size: int = 1
+
+
+# Shared, never mutated: a scalar has no entries or items (saves two allocations per scalar).
+_NO_ENTRIES: dict[str, tuple[Node, Node]] = {}
+_NO_ITEMS: list[Node] = []
 
 
 @dataclass
@@ -245,12 +255,12 @@ class _Builder:
 
     def feed(self, event: Any, loader: Any) -> None:
         line, col = event.start_mark.line + 1, event.start_mark.column + 1
-        if isinstance(event, yaml.DocumentStartEvent):
+        if isinstance(event, yaml.ScalarEvent):  # by far the most frequent
+            self._scalar(event, loader, line, col)
+        elif isinstance(event, yaml.DocumentStartEvent):
             self.documents += 1
             if self.documents > 1:
                 raise YamlError("expected one YAML document, found more ('---')", line, col)
-        elif isinstance(event, yaml.ScalarEvent):
-            self._scalar(event, loader, line, col)
         elif isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
             if target is None:
@@ -280,6 +290,17 @@ class _Builder:
 
     def _scalar(self, event: Any, loader: Any, line: int, col: int) -> None:
         tag = event.tag
+        text = event.value
+        if (
+            _FAST_STR
+            and (tag is None or tag == "!")
+            and (not event.implicit[0] or (text and text[0] not in _RESOLVED_BY_FIRST))
+        ):
+            node = Node("scalar", line, col, text, event.style or None, _NO_ENTRIES, _NO_ITEMS)
+            if event.anchor:
+                self.anchors[event.anchor] = node
+            self._add(node, line, col)
+            return
         if tag is None or tag == "!":
             tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         if tag in _KEEP_AS_STRING:
@@ -295,7 +316,7 @@ class _Builder:
                 value = constructor(loader, yaml.ScalarNode(tag, event.value, style=event.style))
             except (yaml.YAMLError, ValueError) as exc:
                 raise YamlError(f"invalid {tag.rsplit(':', 1)[-1]}: {exc}", line, col) from None
-        node = Node("scalar", line, col, value=value, style=event.style or None)
+        node = Node("scalar", line, col, value, event.style or None, _NO_ENTRIES, _NO_ITEMS)
         if tag == _MERGE_TAG:
             node.style = "merge"
         if event.anchor:
