@@ -91,9 +91,10 @@ def url_problem(url: str) -> str | None:
 
 @dataclass
 class _Use:
-    """One place an image file is used, for placing its problem."""
+    """One place image files are used (an ``images`` entry, a pair's half), for placing
+    their problems; one per entry, not per file, as a folder may hold thousands."""
 
-    path: Path
+    paths: list[Path]
     where: _PATH
     shown: str | None  # None: name it relative to the manifest, computed only if reported
 
@@ -107,7 +108,7 @@ class Checker:
     doc: Document
     check_images: bool = True
     # Filled with the stat of every file that passed its check, for fingerprinting to reuse.
-    stats: dict[Path, os.stat_result] | None = None
+    stats: dict[str, os.stat_result] | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     _uses: list[_Use] = field(default_factory=list)
 
@@ -303,7 +304,7 @@ class Checker:
             if not self.inside(absolute):
                 self.report(where, f"{_ESCAPES}: {text}")
                 continue
-            resolved = imagefiles.resolve(self.folder, text, path=absolute)
+            resolved = imagefiles.resolve(self.folder, text, path=absolute, stats=self.stats)
             if resolved.error:
                 self.report(where, f"{resolved.error}: {text}")
                 continue
@@ -313,9 +314,10 @@ class Checker:
                 self.report(where, f"{_ESCAPES}: {text}")
                 continue
             single = len(resolved.paths) == 1 and resolved.paths[0] == absolute
-            for path in resolved.paths:
-                self._uses.append(_Use(path, where, text if single else None))
+            self._uses.append(_Use(resolved.paths, where, text if single else None))
             paths.extend(resolved.paths)
+        if len(set(paths)) == len(paths):
+            return paths
         seen: set[Path] = set()
         for path in paths:
             if path in seen:
@@ -349,7 +351,7 @@ class Checker:
                             f"unsupported file type (use {imagefiles.SUPPORTED_TEXT}): {text}",
                         )
                     else:
-                        self._uses.append(_Use(path, (*where, i, key), text))
+                        self._uses.append(_Use([path], (*where, i, key), text))
                     out.append(path)
             return out
         if isinstance(pairs, dict):
@@ -374,7 +376,7 @@ class Checker:
                 )
             for stem in sorted(set(starts) & set(ends)):
                 for key, path in (("start_dir", starts[stem]), ("end_dir", ends[stem])):
-                    self._uses.append(_Use(path, (*where, key), None))
+                    self._uses.append(_Use([path], (*where, key), None))
                 out.extend((starts[stem], ends[stem]))
         return out
 
@@ -426,13 +428,16 @@ class Checker:
         """Check every used file once (threaded), then report at each place it is used."""
         if not self._uses:
             return
-        results = imagefiles.check_files(
-            (u.path for u in self._uses), decode=self.check_images, stats=self.stats
+        problems = imagefiles.find_problems(
+            (p for u in self._uses for p in u.paths), decode=self.check_images, stats=self.stats
         )
+        if not problems:
+            return
         for use in self._uses:
-            problem = results.get(use.path)
-            if problem:
-                self.report(use.where, f"{problem}: {use.shown or self.shown(use.path)}")
+            for path in use.paths:
+                problem = problems.get(path)
+                if problem:
+                    self.report(use.where, f"{problem}: {use.shown or self.shown(path)}")
 
     def shown(self, path: Path) -> str:
         """How to name a file found through a folder or glob: relative to the manifest."""

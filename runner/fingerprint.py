@@ -78,6 +78,15 @@ class DigestCache:
         self.misses += 1
         return None
 
+    def lookup(self, path: str, st: os.stat_result) -> str | None:
+        """``get(Path(path), StatKey.of(st))`` without building either (run once per file)."""
+        entry = self._entries.get(path)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino:
+            self.hits += 1
+            return str(entry[3])
+        self.misses += 1
+        return None
+
     def put(self, path: Path, key: StatKey, digest: str) -> None:
         self._entries[str(path)] = [key.size, key.mtime_ns, key.inode, digest]
         self._dirty = True
@@ -99,25 +108,28 @@ def digest_files(
     *,
     threads: int = 2,
     on_miss: Callable[[Path], None] | None = None,
-    stats: Mapping[Path, os.stat_result] | None = None,
-) -> dict[Path, str]:
+    stats: Mapping[str, os.stat_result] | None = None,
+) -> dict[str, str]:
     """Digest every distinct path, reading only files whose stat changed since last time.
 
+    Returns digests by ``str(path)``: text keys hash in C, where a Path's ``__hash__`` is a
+    Python call, and a 10,000-job plan looks up 100,000 files several times.
     ``on_miss`` runs on each file about to be hashed (used to check the image decodes before
     it is trusted into the cache); it raises to refuse the file. ``stats`` holds stat
-    results taken moments ago by validation; paths not in it are stat'ed here.
+    results taken moments ago by validation, by ``str(path)``; others are stat'ed here.
     """
-    result: dict[Path, str] = {}
+    result: dict[str, str] = {}
     todo: list[tuple[Path, StatKey]] = []
     known = stats or {}
-    for path in dict.fromkeys(paths):
-        st = known.get(path)
-        key = StatKey.of(st if st is not None else path.stat())
-        digest = cache.get(path, key)
+    for text, path in {str(p): p for p in paths}.items():
+        st = known.get(text)
+        if st is None:
+            st = os.stat(text)
+        digest = cache.lookup(text, st)
         if digest is None:
-            todo.append((path, key))
+            todo.append((path, StatKey.of(st)))
         else:
-            result[path] = digest
+            result[text] = digest
 
     def work(item: tuple[Path, StatKey]) -> tuple[Path, StatKey, str]:
         path, key = item
@@ -133,11 +145,11 @@ def digest_files(
             done = pool.map(work, todo)
         for path, key, digest in done:
             cache.put(path, key, digest)
-            result[path] = digest
+            result[str(path)] = digest
     return result
 
 
-def canonical_request(job: Job, digests: dict[Path, str]) -> dict[str, Any]:
+def canonical_request(job: Job, digests: Mapping[str, str]) -> dict[str, Any]:
     """The parts of a job's request that decide what gets trained, in a stable shape."""
     canon: dict[str, Any] = {
         "option": job.option,
@@ -149,7 +161,7 @@ def canonical_request(job: Job, digests: dict[Path, str]) -> dict[str, Any]:
     else:
         canon["finetune_type"] = job.finetune_type
     if job.images:
-        canon["images"] = [digests[p] for p in job.images]
+        canon["images"] = [digests[str(p)] for p in job.images]
     else:
         canon["image_urls"] = list(job.image_urls)
     return canon
@@ -180,7 +192,7 @@ def fingerprint_jobs(
     *,
     threads: int = 2,
     on_miss: Callable[[Path], None] | None = None,
-    stats: Mapping[Path, os.stat_result] | None = None,
+    stats: Mapping[str, os.stat_result] | None = None,
 ) -> list[Fingerprinted]:
     jobs = list(jobs)
     digests = digest_files(

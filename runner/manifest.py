@@ -41,7 +41,7 @@ def load_manifest(
     *,
     environ: Mapping[str, str] | None = None,
     check_images: bool = True,
-    stats: dict[Path, os.stat_result] | None = None,
+    stats: dict[str, os.stat_result] | None = None,
     schema_cache: Path | None = None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     """Read, expand, validate and resolve one manifest; never raises for bad input.
@@ -60,7 +60,7 @@ def _load_manifest(
     path: Path,
     environ: Mapping[str, str] | None,
     check_images: bool,
-    stats: dict[Path, os.stat_result] | None,
+    stats: dict[str, os.stat_result] | None,
     schema_cache: Path | None,
 ) -> tuple[Manifest | None, list[Diagnostic]]:
     file = str(path)
@@ -96,7 +96,7 @@ def load_or_raise(
     check_images: bool = True,
     strict: bool = False,
     warnings: list[Diagnostic] | None = None,
-    stats: dict[Path, os.stat_result] | None = None,
+    stats: dict[str, os.stat_result] | None = None,
     schema_cache: Path | None = None,
 ) -> Manifest:
     """The manifest, or ``InputError`` with every error (warnings too when ``strict``).

@@ -25,7 +25,7 @@ def lockfile_for(manifest: Manifest, flag: str | None) -> Path:
     return Path(flag).absolute() if flag else manifest.default_lockfile()
 
 
-def load(manifest_path: str, stats: dict[Path, os.stat_result] | None = None) -> Manifest:
+def load(manifest_path: str, stats: dict[str, os.stat_result] | None = None) -> Manifest:
     """Validate fully except decoding images, which fingerprinting does for files it reads.
 
     ``stats`` receives each image file's ``stat``, for ``fingerprint`` to reuse.
@@ -37,7 +37,7 @@ def load(manifest_path: str, stats: dict[Path, os.stat_result] | None = None) ->
 
 
 def fingerprint(
-    manifest: Manifest, stats: dict[Path, os.stat_result] | None = None
+    manifest: Manifest, stats: dict[str, os.stat_result] | None = None
 ) -> list[Fingerprinted]:
     """Fingerprint every job; images not in the digest cache are decoded-checked first.
 
@@ -94,7 +94,7 @@ def prepare(
     targets: list[str],
     state: LockState | None = None,
 ) -> Prepared:
-    stats: dict[Path, os.stat_result] = {}  # one stat per image file, shared by both steps
+    stats: dict[str, os.stat_result] = {}  # one stat per image file, shared by both steps
     with paused_gc(freeze=True):
         manifest = load(manifest_path, stats)
         lockfile = lockfile_for(manifest, lockfile_flag)
