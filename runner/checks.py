@@ -32,6 +32,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PATH = tuple[PathPart, ...]
 _ESCAPES = "path escapes the manifest's folder"
+_NUL = "path contains a NUL character"  # no file can have one; os.stat would raise
 
 
 def parse_duration(value: object) -> float | None:
@@ -300,6 +301,9 @@ class Checker:
         for where, text in entries:
             if not text:
                 continue
+            if "\x00" in text:
+                self.report(where, f"{_NUL}: {text!r}")
+                continue
             absolute = imagefiles.absolute(self.folder, text)
             if not self.inside(absolute):
                 self.report(where, f"{_ESCAPES}: {text}")
@@ -418,7 +422,11 @@ class Checker:
         """Report a path that leaves the manifest's folder once ``..`` (or ``~``, or an
         absolute path) is taken into account, lexically. A reviewed manifest must not be
         able to upload files from elsewhere on the machine running it; symlinks inside the
-        folder may point anywhere (shared dataset mounts), as the path is not resolved."""
+        folder may point anywhere (shared dataset mounts), as the path is not resolved.
+        A NUL character, which no file name can hold, is reported here too."""
+        if "\x00" in text:
+            self.report(where, f"{_NUL}: {text!r}")
+            return True
         if self.inside(imagefiles.absolute(self.folder, text)):
             return False
         self.report(where, f"{_ESCAPES}: {text}")
