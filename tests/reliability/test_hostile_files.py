@@ -122,6 +122,19 @@ def test_path_escaping_the_manifest_folder(tmp_path: Path, jobs: str, expected: 
     assert out.count("escapes") == 1
 
 
+def test_nul_in_a_path(tmp_path: Path) -> None:
+    """A NUL character in any path (found by fuzzing: os.stat raised) is an error at its place."""
+    make_image(tmp_path / "e" / "x.png")
+    manifest(tmp_path, '  - name: a\n    images: ["a\\0.png", "*\\0"]\n  - name: k\n    option: FluxKontextFinetune\n'
+                       '    prompt: p\n    pairs: [{start: "s\\0", end: e/x.png}]\n')
+    for command in ("validate", "plan"):
+        code, out = validate(tmp_path, command, "m.yaml")
+        assert code == 1
+        assert "m.yaml:5:14: jobs[0].images[0]: path contains a NUL character: 'a\\x00.png'" in out, out
+        assert "m.yaml:5:25: jobs[0].images[1]: path contains a NUL character" in out
+        assert "m.yaml:9:21: jobs[1].pairs[0].start: path contains a NUL character" in out
+
+
 def test_paths_inside_and_symlinks_out_are_allowed(tmp_path: Path) -> None:
     """``sub/../a.png`` stays inside; a symlink inside the folder may point elsewhere (shared mounts)."""
     shared = tmp_path / "mount"
