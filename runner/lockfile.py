@@ -222,8 +222,23 @@ def read_lockfile(lockfile: Path) -> LockState:
     return state
 
 
+def _refuse_aliases(lockfile: Path, text: str) -> None:
+    """runner never writes anchors; a lockfile with aliases is hand-made, and expanding
+    them could cost exponential time and memory (billion laughs). Events are linear."""
+    if "&" not in text:  # no anchor, so no alias can resolve: the common, free case
+        return
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            raise _invalid(
+                lockfile, "lockfile uses YAML anchors or aliases, which runner never writes",
+                line=mark.line + 1 if mark else 0,
+            )
+
+
 def _parse_and_validate(lockfile: Path, text: str) -> Any:
     try:
+        _refuse_aliases(lockfile, text)
         doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

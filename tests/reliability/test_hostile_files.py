@@ -301,7 +301,6 @@ with sandbox(tmp / "state", train_seconds=0.1) as url:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-@pytest.mark.xfail(strict=True, reason="runner/client.py opens uploads with a blocking open(): reported to the lead")
 def test_image_swapped_for_a_fifo_before_upload_does_not_hang(tmp_path: Path) -> None:
     """An image replaced by a FIFO after validation fails its job (exit 3) instead of blocking apply forever."""
     import subprocess
