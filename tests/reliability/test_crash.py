@@ -85,8 +85,9 @@ def test_sigint_and_sigterm_save_and_exit_130(tmp_path: Path, long_run: bool) ->
     rng = random.Random(7)
     codes: list[int] = []
     with sandbox(tmp_path / "sb", train_seconds=1.5) as url:
-        write_manifest(tmp_path, url, jobs, api={"max_in_flight": 3, "max_uploads": 2})
+        manifest = write_manifest(tmp_path, url, jobs, api={"max_in_flight": 3, "max_uploads": 2})
         for i in range(rounds * 2):
+            rotate_work(manifest, rng, i, count=3)
             sig = signal.SIGINT if i % 2 == 0 else signal.SIGTERM
             proc = start_apply(tmp_path)
             # Wait until the apply is under way (its journal exists), then a random moment more.
@@ -106,10 +107,11 @@ def test_sigint_and_sigterm_save_and_exit_130(tmp_path: Path, long_run: bool) ->
             check_lockfile(tmp_path)
         final = runner("apply", "m.yaml", cwd=tmp_path, timeout=300)
         book = ledger(url)
-    record("signals", rounds=len(codes), exit_130=codes.count(130), charged=book["credits_charged"], jobs=jobs)
-    assert 130 in codes
+    record("signals", rounds=len(codes), exit_130=codes.count(130), trainings=book["trainings"],
+           duplicate_trainings=book["duplicate_trainings"], jobs=jobs)
+    assert codes.count(130) >= len(codes) * 0.8, codes
     assert final.code == 0, final.stderr
-    assert book["credits_charged"] == jobs
+    assert book["duplicate_trainings"] == 0
 
 
 def test_concurrent_applies_exactly_one_proceeds(tmp_path: Path) -> None:
