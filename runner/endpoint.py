@@ -68,6 +68,9 @@ def api_key_for(manifest: Manifest, endpoint: str, environ: Mapping[str, str]) -
     key = environ.get(var, "").strip()
     if key:
         register_secret(key)
+        if not key.isascii() or not key.isprintable():
+            # An HTTP header cannot carry it; say so instead of failing deep inside httpx.
+            raise UsageError(f"the API key in {var} has characters an HTTP header cannot carry")
         return key
     if endpoint == SANDBOX:
         return SANDBOX_KEY

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -30,6 +31,10 @@ def register_secret(value: str | None) -> None:
     """Remember a secret so every later log line and error message has it masked."""
     if value and len(value) >= 4:
         _SECRETS.add(value)
+        # Also as it appears inside JSON text (quotes, backslashes, non-ASCII escaped).
+        escaped = json.dumps(value)[1:-1]
+        if escaped != value:
+            _SECRETS.add(escaped)
 
 
 def redact(text: str) -> str:

@@ -171,3 +171,14 @@ def test_many_manifests_all_validated_before_anything_is_sent(tmp_path: Path) ->
         assert done.code == 0, done.stderr
         assert (tmp_path / "a.lock.yaml").exists() and (tmp_path / "b.lock.yaml").exists()
         assert runner("apply", "*.yaml", "--max-submissions", "0", cwd=tmp_path).code == 0  # all noop
+
+
+def test_api_key_that_cannot_be_a_header_is_a_usage_error(tmp_path: Path) -> None:
+    """A non-ASCII or multi-line key: exit 1 with a clear message, the key not shown."""
+    write_manifest(tmp_path, "http://127.0.0.1:9", 1)
+    for key in ("sk-Ωmega-123", "sk-line\nbreak"):
+        result = runner("apply", "m.yaml", cwd=tmp_path, env={"VIMMERSE_API_KEY": key})
+        assert result.code == 1
+        assert "characters an HTTP header cannot carry" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert key not in result.stderr
