@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +98,26 @@ class LockState:
         }
 
     def render(self) -> str:
+        """The lockfile's text: exactly what ``yaml.dump`` makes of ``to_document()``.
+
+        An apply rewrites the lockfile every few seconds, and yaml.dump takes about 3 s for
+        10,000 entries (blocking the event loop), so entries are assembled from a template
+        with each string scalar rendered once by yaml.dump itself (``_Scalars``); an entry
+        with anything the template does not know is dumped by yaml.dump as before.
+        """
+        if not self.entries or type(self.serial) is not int:
+            return self.render_yaml()
+        _SCALARS.learn(_entry_strings(self.entries))
+        parts = [HEADER, f"version: {LOCK_VERSION}\n", f"serial: {self.serial}\n", "jobs:\n"]
+        for name in sorted(self.entries):
+            text = _render_entry(name, self.entries[name])
+            if text is None:
+                one = LockState({name: self.entries[name]}, 0).render_yaml()
+                text = one[one.index("\njobs:\n") + len("\njobs:\n") :]
+            parts.append(text)
+        return "".join(parts)
+
+    def render_yaml(self) -> str:
         body = yaml.dump(
             self.to_document(),
             Dumper=_Dumper,
@@ -109,6 +130,108 @@ class LockState:
 
 
 _Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_LINE_BREAKS = ("\n", "\r", "\x85", "\u2028", "\u2029")
+_SIMPLE_MAX = 500  # far below width=1000: such a scalar is never folded, at any indent here
+
+
+class _Scalars:
+    """String -> its text as a YAML block value, as yaml.dump writes it (None: not simple).
+
+    Unseen strings are rendered together, as one yaml.dump of a list (one ``- text`` line
+    each: no line breaks, at most ``_SIMPLE_MAX`` characters); a block sequence item and
+    a block mapping value get the same style and quoting. Remembered for the process, so
+    an apply's later rewrites render only its new trigger words and timestamps.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[str, str | None] = {}
+
+    def learn(self, values: Iterable[str]) -> None:
+        todo = [v for v in dict.fromkeys(values) if v not in self.known]
+        if not todo:
+            return
+        if len(self.known) > 500_000:
+            self.known.clear()
+        simple = [v for v in todo if len(v) <= _SIMPLE_MAX and not any(b in v for b in _LINE_BREAKS)]
+        if simple:
+            text = yaml.dump(simple, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, width=1000)
+            lines = text.split("\n")
+            if len(lines) == len(simple) + 1 and all(line.startswith("- ") for line in lines[:-1]):
+                self.known.update(zip(simple, (line[2:] for line in lines), strict=False))
+        for v in todo:
+            self.known.setdefault(v, None)
+
+    def get(self, value: str) -> str | None:
+        if value not in self.known:
+            self.learn([value])
+        return self.known[value]
+
+
+_SCALARS = _Scalars()
+
+
+def _entry_strings(entries: dict[str, LockEntry]) -> Iterator[str]:
+    for name, e in entries.items():
+        yield name
+        for value in (e.fingerprint, e.status, e.asset_id, e.trigger_word, e.option,
+                      e.finetune_type, e.submitted_at, e.finished_at, e.idempotency_key, *e.results):
+            if type(value) is str:
+                yield value
+        for mapping in (e.error, e.inputs):
+            if type(mapping) is dict:
+                for pair in mapping.items():
+                    yield from (x for x in pair if type(x) is str)
+
+
+def _scalar(value: object) -> str | None:
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return str(value)
+    if type(value) is str:
+        return _SCALARS.get(value)
+    return None  # bool, float, anything else: yaml.dump decides
+
+
+def _key(value: object) -> str | None:
+    # A key over 128 characters is not a "simple key" for the emitter; stay well below.
+    return _SCALARS.get(value) if type(value) is str and len(value) <= 100 else None
+
+
+def _render_entry(name: str, entry: LockEntry) -> str | None:
+    """One entry's lines under ``jobs:``, or None when yaml.dump must decide."""
+    key = _key(name)
+    if key is None:
+        return None
+    out = [f"  {key}:\n"]
+    for field_name in ENTRY_KEYS:
+        value = getattr(entry, field_name)
+        if field_name == "results":
+            if not value:
+                out.append("    results: []\n")
+                continue
+            out.append("    results:\n")
+            for item in value:
+                text = _scalar(item) if type(item) is str else None
+                if text is None:
+                    return None
+                out.append(f"    - {text}\n")
+        elif type(value) is dict:
+            if not value:
+                out.append(f"    {field_name}: {{}}\n")
+                continue
+            out.append(f"    {field_name}:\n")
+            for k, v in value.items():
+                k_text, v_text = _key(k), _scalar(v)
+                if k_text is None or v_text is None:
+                    return None
+                out.append(f"      {k_text}: {v_text}\n")
+        else:
+            text = _scalar(value)
+            if text is None:
+                return None
+            out.append(f"    {field_name}: {text}\n")
+    return "".join(out)
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
