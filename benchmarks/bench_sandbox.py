@@ -1,4 +1,4 @@
-"""Sandbox throughput: POST /finetune per second with 3 small images, over loopback.
+"""Target 8: sandbox throughput, POST /finetune per second with 3 small images, over loopback.
 
     python3 benchmarks/bench_sandbox.py [--posts 600] [--concurrency 8] [--in-process]
 
@@ -6,7 +6,9 @@ Starts ``runner sandbox serve --port 0`` in a subprocess (so client and server d
 a GIL; ``--in-process`` uses ``start_server`` in a thread instead), then sends POSTS
 multipart POSTs, CONCURRENCY at a time, each with three distinct ~1 KB PNGs made with
 Pillow and its own ``Idempotency-Key``. Every answer must be a 200. Prints POSTs/second,
-latency percentiles, and the command line that produced them.
+latency percentiles, the command line that produced them, and the headroom: this capacity
+over the fastest request rate benchmarks 1-7 ask of the server (``DRIVEN_RPS``), so they
+measure the client, not the server.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 KEY = "bench-key"
+# The highest request rate the other benchmarks drive: bench_baselines.py lets runner go at
+# 50 requests/s (bench_rate.py: 20/s; the others stay well below).
+DRIVEN_RPS = 50.0
 
 
 def png(seed: int) -> bytes:
@@ -130,6 +135,10 @@ def main() -> int:
     )
     print(f"{args.posts} POSTs x 3 images, {args.concurrency} at a time, in {elapsed:.2f} s")
     print(f"throughput: {args.posts / elapsed:.1f} POSTs/s")
+    headroom = args.posts / elapsed / DRIVEN_RPS
+    print(f"headroom: {headroom:.1f}x the fastest rate the other benchmarks drive ({DRIVEN_RPS:g} "
+          f"requests/s, and POSTs are its most expensive requests) -> "
+          f"{'server is not the bottleneck' if headroom >= 2 else 'SERVER MAY LIMIT'}")
     print(
         f"latency ms: p50 {pct(0.5):.1f}  p95 {pct(0.95):.1f}  p99 {pct(0.99):.1f}"
         f"  mean {statistics.fmean(latencies) * 1000:.1f}"
