@@ -38,6 +38,7 @@ from _common import build_plan_fixture, print_command, write_jobs, write_manifes
 from runner import images as imagefiles
 from runner import workspace
 from runner.fingerprint import hash_file
+from runner.gcpause import paused_gc
 
 
 def reference(paths: list[str]) -> float:
@@ -73,12 +74,13 @@ def runner_cold(folder: Path, *, check: bool = True) -> float:
     manifest = workspace.load(str(folder / "plan.yaml"), stats)
     imagefiles._cache.clear()  # the per-process image check cache: cold as in a new process
     started = time.perf_counter()
-    if check:
-        workspace.fingerprint(manifest, stats)
-    else:
-        from runner.fingerprint import DigestCache, fingerprint_jobs
+    with paused_gc():  # as workspace.prepare runs it
+        if check:
+            workspace.fingerprint(manifest, stats)
+        else:
+            from runner.fingerprint import DigestCache, fingerprint_jobs
 
-        fingerprint_jobs(manifest.jobs, DigestCache(None), stats=stats)
+            fingerprint_jobs(manifest.jobs, DigestCache(None), stats=stats)
     return time.perf_counter() - started
 
 
