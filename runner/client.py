@@ -20,7 +20,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -217,6 +217,17 @@ class ApiClient:
             headers["Idempotency-Key"] = key
         return headers
 
+    def _retrying(self, on: Callable[[Exception], bool | float]) -> Any:
+        """One retry policy for every call: exponential backoff with jitter, capped."""
+        return stamina.retry_context(
+            on=on,
+            attempts=self.retry.attempts,
+            timeout=self.retry.timeout,
+            wait_initial=self.retry.wait_initial,
+            wait_max=self.retry.wait_max,
+            wait_jitter=self.retry.wait_jitter,
+        )
+
     def _backoff(self, exc: Exception) -> bool | float:
         if isinstance(exc, Transient):
             if exc.retry_after is not None:
@@ -259,14 +270,7 @@ class ApiClient:
         """
         maybe_sent: list[bool] = []
         try:
-            async for attempt in stamina.retry_context(
-                on=self._backoff,
-                attempts=self.retry.attempts,
-                timeout=self.retry.timeout,
-                wait_initial=self.retry.wait_initial,
-                wait_max=self.retry.wait_max,
-                wait_jitter=self.retry.wait_jitter,
-            ):
+            async for attempt in self._retrying(self._backoff):
                 with attempt:
                     return await self._submit_once(job, key, maybe_sent)
         except Transient as exc:
@@ -342,11 +346,7 @@ class ApiClient:
         if self.honours_idempotency is not None:
             return self.honours_idempotency
         key = "runner-probe-" + secrets.token_hex(8)
-        async for attempt in stamina.retry_context(
-            on=self._backoff, attempts=self.retry.attempts, timeout=self.retry.timeout,
-            wait_initial=self.retry.wait_initial, wait_max=self.retry.wait_max,
-            wait_jitter=self.retry.wait_jitter,
-        ):
+        async for attempt in self._retrying(self._backoff):
             with attempt:
                 await self.bucket.acquire()
                 self.requests_sent += 1
@@ -369,14 +369,7 @@ class ApiClient:
     # ----- GET /finetune/{trigger_word} --------------------------------------------------
 
     async def status(self, trigger_word: str, *, job: str | None = None) -> StatusResult:
-        async for attempt in stamina.retry_context(
-            on=lambda exc: isinstance(exc, BadAnswer) or self._backoff(exc),
-            attempts=self.retry.attempts,
-            timeout=self.retry.timeout,
-            wait_initial=self.retry.wait_initial,
-            wait_max=self.retry.wait_max,
-            wait_jitter=self.retry.wait_jitter,
-        ):
+        async for attempt in self._retrying(lambda exc: isinstance(exc, BadAnswer) or self._backoff(exc)):
             with attempt:
                 return await self._status_once(trigger_word, job)
         raise AssertionError("unreachable")  # pragma: no cover
