@@ -164,7 +164,7 @@ class Applier:
         if self.result.fatal is None:
             self.result.fatal = str(exc)
         self.stop_submitting = True
-        fields = {"job": change.name}
+        fields: dict[str, str | None] = {"job": change.name}
         if entry is not None:
             fields.update(status=entry.status, trigger_word=entry.trigger_word, asset_id=entry.asset_id)
         log.error("could not record a change; stopping", error=str(exc), **fields)

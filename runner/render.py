@@ -122,7 +122,7 @@ def plan_markdown(plan: Plan) -> str:
 
 
 def total_summary(plans: Iterable[Plan]) -> dict[str, int]:
-    totals = dict.fromkeys(ACTIONS, 0)
+    totals: dict[str, int] = dict.fromkeys(ACTIONS, 0)
     for plan in plans:
         for action, n in plan.summary().items():
             totals[action] += n

@@ -224,8 +224,8 @@ def _explain(error: ValidationError) -> Iterable[tuple[tuple[PathPart, ...], str
         return
 
     if kind == "pattern":
-        hint = _PATTERN_HINTS.get(str(error.validator_value))
-        why = hint or f"must match {error.validator_value}"
+        pattern_hint = _PATTERN_HINTS.get(str(error.validator_value))
+        why = pattern_hint or f"must match {error.validator_value}"
         yield path, f"{_short(instance)} is not valid: {why}", False
         return
 

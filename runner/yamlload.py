@@ -262,7 +262,7 @@ class _Builder:
             if self.documents > 1:
                 raise YamlError("expected one YAML document, found more ('---')", line, col)
         elif isinstance(event, yaml.AliasEvent):
-            target = self.anchors.get(event.anchor)
+            target = self.anchors.get(event.anchor or "")
             if target is None:
                 reason = "refers to itself" if event.anchor in self.open_anchors else "is not defined"
                 raise YamlError(f"alias *{event.anchor} {reason}", line, col)

@@ -603,7 +603,7 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
     async def http_error(_request: Request, exc: HTTPException) -> Response:
         if exc.status_code in (204, 304):
             return Response(status_code=exc.status_code, headers=exc.headers)
-        return _message(exc.status_code, str(exc.detail), headers=exc.headers)
+        return _message(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
     @app.exception_handler(ClientMessage)
     async def client_message(_request: Request, exc: ClientMessage) -> Response:
