@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import anyio
 import structlog
@@ -127,7 +128,7 @@ def apply_one(manifest_path: str, args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _reporter(rich_view: bool):  # type: ignore[no-untyped-def]
+def _reporter(rich_view: bool) -> Iterator[Reporter]:
     if rich_view:
         from runner.progress import RichReporter
 
