@@ -40,8 +40,8 @@ from runner.plan import Change, Plan
 
 log = structlog.get_logger("runner.apply")
 
-POLL_BACKOFF = 1.5
-POLL_MAX_FACTOR = 6.0
+POLL_SHARE = 0.05  # wait at most this share of the time already waited...
+POLL_MAX_FACTOR = 6.0  # ...and never more than this many poll_intervals
 INTERRUPT_GRACE = 10.0  # seconds an in-flight upload may finish after Ctrl-C
 
 
@@ -389,8 +389,9 @@ class Applier:
 
     async def _follow(self, change: Change, entry: LockEntry) -> None:
         assert entry.trigger_word is not None
-        interval = max(0.05, self.settings.poll_interval)
-        deadline = self.clock() + self.settings.job_timeout
+        base = max(0.05, self.settings.poll_interval)
+        started = self.clock()
+        deadline = started + self.settings.job_timeout
         with structlog.contextvars.bound_contextvars(job=change.name, action=change.action):
             while True:
                 try:
@@ -424,8 +425,17 @@ class Applier:
                     self.reporter.job_changed(change.name, change.action, entry, message)
                     self._outcome(change, "training", entry, message)
                     return
-                await anyio.sleep(min(interval, remaining))
-                interval = min(interval * POLL_BACKOFF, self.settings.poll_interval * POLL_MAX_FACTOR)
+                await anyio.sleep(min(poll_delay(base, self.clock() - started), remaining))
+
+
+def poll_delay(poll_interval: float, waited: float) -> float:
+    """The next poll's delay: back off in proportion to the time already waited.
+
+    A finished training is noticed at most ~5% of its running time late (a slot frees
+    only when we see it finish), while a long training is asked about at most every
+    ``6 × poll_interval``: short jobs stay fast, long ones cost few requests.
+    """
+    return min(max(poll_interval, waited * POLL_SHARE), poll_interval * POLL_MAX_FACTOR)
 
 
 def _with_flush_interval(options: ApplyOptions, seconds: float) -> ApplyOptions:
