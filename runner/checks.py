@@ -320,7 +320,8 @@ class Checker:
             single = len(resolved.paths) == 1 and resolved.paths[0] == absolute
             self._uses.append(_Use(resolved.paths, where, text if single else None))
             paths.extend(resolved.paths)
-        if len(set(paths)) == len(paths):
+        # Text, not Path: a Path hashes in Python, its (normalised) text in C.
+        if len(set(map(str, paths))) == len(paths):
             return paths
         seen: set[Path] = set()
         for path in paths:
