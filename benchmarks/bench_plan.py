@@ -58,9 +58,10 @@ def main() -> int:
             text = manifest.read_text()
             start = text.index("  endpoint: ")
             end = text.index("\n", start)
-            manifest.write_text(text[:start] + f"  endpoint: {server.url}\n"
-                                "  requests_per_second: 1000\n  burst: 100\n  max_in_flight: 64\n"
-                                "  max_uploads: 16\n  poll_interval: 50ms" + text[end:])
+            limits = ("" if "requests_per_second" in text else
+                      "\n  requests_per_second: 1000\n  burst: 100\n  max_in_flight: 64\n"
+                      "  max_uploads: 16\n  poll_interval: 50ms")
+            manifest.write_text(text[:start] + f"  endpoint: {server.url}" + limits + text[end:])
             if fresh or not (folder / "plan.lock.yaml").exists():
                 applied = run_measured(runner_cmd("-q", "apply", "plan.yaml"), cwd=folder)
                 print(f"apply: {args.jobs} jobs in {applied.wall:.1f} s "
