@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
+from runner import logsetup
 from runner.client import ApiClient, Uncertain, idempotency_key
 from runner.errors import (
     EXIT_CREDIT,
@@ -38,7 +39,7 @@ from runner.lockfile import LockEntry, LockfileWriteError, LockSession
 from runner.models import ApiSettings
 from runner.plan import Change, Plan
 
-log = structlog.get_logger("runner.apply")
+log = logsetup.get_logger("runner.apply")
 
 POLL_SHARE = 0.05  # wait at most this share of the time already waited...
 POLL_MAX_FACTOR = 6.0  # ...and never more than this many poll_intervals

@@ -27,14 +27,13 @@ from typing import Any, BinaryIO, Literal
 
 import httpx
 import stamina
-import structlog
 
-from runner import __version__
+from runner import __version__, logsetup
 from runner.errors import ApiError, InsufficientCredit
 from runner.models import Job
 from runner.ratelimit import TokenBucket
 
-log = structlog.get_logger("runner.client")
+log = logsetup.get_logger("runner.client")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 SUCCESS_WORDS = frozenset({"success", "succeeded", "completed", "complete", "done", "finished"})

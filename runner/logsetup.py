@@ -11,14 +11,11 @@ structlog is already imported, and otherwise the moment something imports it.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import json
 import logging
 import os
 import sys
-from collections.abc import MutableMapping, Sequence
-from types import ModuleType
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 _SECRETS: set[str] = set()
@@ -89,49 +86,29 @@ def configure(log_format: str = "auto", verbosity: int = 0, stream: TextIO | Non
     # Libraries below us log through stdlib logging; keep them quiet unless -v.
     for name in ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+    global _pending
     if "structlog" in sys.modules:
+        _pending = None
         _configure_structlog(fmt, level, stream)
     else:
-        _ConfigureOnImport.install((fmt, level, stream))
+        # Importing structlog pulls in rich (its console renderer): defer it until
+        # something logs, so validate and plan start fast. get_logger applies it.
+        _pending = (fmt, level, stream)
     return fmt
 
 
-class _ConfigureOnImport(importlib.abc.MetaPathFinder):
-    """Finds ``structlog`` like the normal finders, and configures it once it has loaded."""
-
-    pending: tuple[str, int, TextIO] | None = None
-
-    @classmethod
-    def install(cls, settings: tuple[str, int, TextIO]) -> None:
-        cls.pending = settings  # the latest configure() wins, as with an immediate one
-        if not any(isinstance(f, cls) for f in sys.meta_path):
-            sys.meta_path.insert(0, cls())
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> Any:
-        if fullname != "structlog":
-            return None
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ConfigureOnImport)]
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ThenConfigure(spec.loader)
-        return spec
+_pending: tuple[str, int, TextIO] | None = None
 
 
-class _ThenConfigure(importlib.abc.Loader):
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
+def get_logger(name: str) -> Any:
+    """structlog's logger for ``name``, with a deferred configuration applied first."""
+    global _pending
+    import structlog
 
-    def create_module(self, spec: Any) -> ModuleType | None:
-        module: ModuleType | None = self.loader.create_module(spec)
-        return module
-
-    def exec_module(self, module: ModuleType) -> None:
-        self.loader.exec_module(module)
-        settings, _ConfigureOnImport.pending = _ConfigureOnImport.pending, None
-        if settings is not None:
-            _configure_structlog(*settings)
+    if _pending is not None:
+        settings, _pending = _pending, None
+        _configure_structlog(*settings)
+    return structlog.get_logger(name)
 
 
 def _configure_structlog(fmt: str, level: int, stream: TextIO) -> None:

@@ -113,9 +113,9 @@ def load_or_raise(
     if manifest is None:
         raise InputError([d for d in diags if d.severity == "error"])
     if found:
-        import structlog
+        from runner import logsetup
 
-        log = structlog.get_logger("runner.manifest")
+        log = logsetup.get_logger("runner.manifest")
         for d in found:
             log.warning("manifest_warning", diagnostic=d.format(), file=d.file, line=d.line, path=d.path)
         if warnings is not None:

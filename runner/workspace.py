@@ -67,9 +67,9 @@ def fingerprint(
         cache.save()
     except OSError as exc:
         # A read-only checkout only loses the cache (speed), never correctness.
-        import structlog  # lazily: a plan that logs nothing need not load it
+        from runner import logsetup
 
-        structlog.get_logger("runner").debug("digest cache not saved", error=str(exc))
+        logsetup.get_logger("runner").debug("digest cache not saved", error=str(exc))
     return fps
 
 

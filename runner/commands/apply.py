@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterator
 
 import anyio
-import structlog
 
 from runner import logsetup
 from runner.apply import Applier, ApplyOptions, ApplyResult, LogReporter, Reporter
@@ -24,7 +23,7 @@ from runner.ratelimit import TokenBucket
 from runner.render import apply_summary, plan_text
 from runner.workspace import load, lockfile_for, prepare
 
-log = structlog.get_logger("runner.apply")
+log = logsetup.get_logger("runner.apply")
 API_ACTIONS = ("create", "replace", "retry", "resume", "blocked")
 
 
