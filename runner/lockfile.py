@@ -422,7 +422,8 @@ class LockSession:
         self._flock: Any = None
         self._journal_fd: int | None = None
         self.state = LockState()
-        self._written = ""  # text of the lockfile as last read or written
+        # The jobs as the lockfile on disk holds them (None: unknown, so write on flush).
+        self._written_jobs: dict[str, Any] | None = {}
         self.dirty = False
 
     def __enter__(self) -> LockSession:
@@ -452,14 +453,14 @@ class LockSession:
             raise InputError(f"{self.lockfile}: cannot create the lock {lp}: {exc.strerror or exc}") from exc
         try:
             self.state = read_lockfile(self.lockfile)
-            try:
-                self._written = self.lockfile.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                self._written = ""
             if self.journal.exists():
-                # Fold a crashed run's journal into the lockfile before anything else happens.
+                # Fold a crashed run's journal into the lockfile before anything else happens
+                # (the state read above already has it replayed, so the file is behind).
+                self._written_jobs = None
                 self.dirty = True
                 self.flush()
+            else:
+                self._written_jobs = self._jobs_document()
         except BaseException:
             self._flock.release()
             raise
@@ -505,8 +506,9 @@ class LockSession:
         """
         if not self.dirty:
             return False
-        # Same entries at the same serial render to the same text: nothing to write.
-        changed = self.state.render() != self._written
+        jobs = self._jobs_document()
+        # Same content as on disk: nothing to write, and the serial stays.
+        changed = jobs != self._written_jobs
         if changed:
             candidate = LockState(self.state.entries, self.state.serial + 1)
             text = candidate.render()
@@ -519,13 +521,18 @@ class LockSession:
                     "the next runner command replays it"
                 ) from exc
             self.state.serial += 1
-            self._written = text
+            self._written_jobs = jobs
+            # The next plan finds these bytes already parsed and validated.
+            _remember_document(self.lockfile, _cache_key(text.encode("utf-8")), candidate.to_document())
         try:
             self._truncate_journal()
         except OSError as exc:
             raise LockfileWriteError(f"{self.journal}: cannot empty the journal: {exc.strerror or exc}") from exc
         self.dirty = False
         return changed
+
+    def _jobs_document(self) -> dict[str, Any]:
+        return {name: entry.to_dict() for name, entry in self.state.entries.items()}
 
     def _truncate_journal(self) -> None:
         if self._journal_fd is not None:

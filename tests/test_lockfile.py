@@ -117,3 +117,18 @@ def test_failed_rewrite_keeps_old_lockfile_and_journal(tmp_path: Path, monkeypat
     monkeypatch.undo()
     assert set(read_lockfile(lock).entries) == {"a", "b"}
     assert list(tmp_path.glob(".m.lock.yaml.*.tmp")) == []
+
+
+def test_flush_leaves_a_parsed_cache_equal_to_parsing_the_file(tmp_path: Path) -> None:
+    """The parsed cache written at flush is exactly what parsing the new lockfile yields."""
+    from runner.lockfile import _cache_key, _cached_document, _parse_and_validate
+
+    lock = tmp_path / "m.lock.yaml"
+    with LockSession(lock) as s:
+        s.record("b", entry("succeeded", results=("https://x/a.png?sig=1&t=2", "null", "1e3"),
+                            error={"status": 0, "message": "yes: no # really"}))
+        s.record("a", entry())
+    raw = lock.read_bytes()
+    cached = _cached_document(lock, _cache_key(raw))
+    assert cached is not None
+    assert cached == _parse_and_validate(lock, raw.decode())
