@@ -290,7 +290,7 @@ class Applier:
             if self.options.no_wait:
                 self._outcome(change, "training", entry, "not waited for (--no-wait)")
                 return
-            await self._follow(change, entry)
+            await self._follow(change, entry, just_submitted=True)
 
     async def _follow_job(self, change: Change) -> None:
         with contextlib.suppress(_Unrecordable):
@@ -388,12 +388,16 @@ class Applier:
             self._record(change, entry)
             return entry
 
-    async def _follow(self, change: Change, entry: LockEntry) -> None:
+    async def _follow(self, change: Change, entry: LockEntry, *, just_submitted: bool = False) -> None:
         assert entry.trigger_word is not None
         base = max(0.05, self.settings.poll_interval)
         started = self.clock()
         deadline = started + self.settings.job_timeout
         with structlog.contextvars.bound_contextvars(job=change.name, action=change.action):
+            if just_submitted:
+                # A training that has just started cannot have ended: asking now only
+                # spends a request of the rate limit. (A resumed one may be done: ask.)
+                await anyio.sleep(min(base, max(0.0, deadline - self.clock())))
             while True:
                 try:
                     status = await self.client.status(entry.trigger_word, job=change.name)
