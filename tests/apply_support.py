@@ -15,15 +15,14 @@ from typing import Any
 
 import httpx
 import yaml
-from PIL import Image
+from helpers import make_image
 
 SECRET = "sk-e2e-Zq8VtW3pL0x"
 
 
 def image(path: Path, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (16, 16), ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256)).save(path)
-    return path
+    """A small real PNG whose colour (so content and digest) follows ``seed``."""
+    return make_image(path, (16, 16), ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256))
 
 
 def write_manifest(
