@@ -399,8 +399,11 @@ class Applier:
                 # spends a request of the rate limit. (A resumed one may be done: ask.)
                 await anyio.sleep(min(base, max(0.0, deadline - self.clock())))
             while True:
+                status = None
                 try:
-                    status = await self.client.status(entry.trigger_word, job=change.name)
+                    # Retries back off inside status(); job_timeout still bounds the wait.
+                    with anyio.move_on_after(max(0.0, deadline - self.clock())):
+                        status = await self.client.status(entry.trigger_word, job=change.name)
                 except ApiError as exc:
                     if exc.status in (401, 403):
                         self.result.fatal = f"the API refused the key (HTTP {exc.status}): {exc.message}"
@@ -408,14 +411,15 @@ class Applier:
                         return
                     log.warning("status check failed; will ask again", error=exc.message, status=exc.status)
                 else:
-                    if status.state == "succeeded":
+                    # status is None when job_timeout ran out mid-retry: reported below.
+                    if status is not None and status.state == "succeeded":
                         done = entry.evolve(
                             status="succeeded", results=status.results, finished_at=utcnow(), error=None
                         )
                         self._record(change, done)
                         self._outcome(change, "succeeded", done)
                         return
-                    if status.state == "failed":
+                    elif status is not None and status.state == "failed":
                         message = status.message or "training failed"
                         failed = entry.evolve(
                             status="failed", finished_at=utcnow(),

@@ -182,3 +182,19 @@ def test_api_key_that_cannot_be_a_header_is_a_usage_error(tmp_path: Path) -> Non
         assert "characters an HTTP header cannot carry" in result.stderr
         assert "Traceback" not in result.stderr
         assert key not in result.stderr
+
+
+def test_job_timeout_leaves_the_job_training_and_the_next_apply_resumes(tmp_path: Path) -> None:
+    """job_timeout ends the wait (exit 3, still training); a later apply follows it to the end."""
+    with sandbox(tmp_path / "sb", train_seconds=3) as url:
+        write_manifest(tmp_path, url, 1, api={"job_timeout": "500ms"})
+        started = time.monotonic()
+        result = runner("apply", "m.yaml", cwd=tmp_path)
+        assert result.code == 3, result.stderr
+        assert "job_timeout" in result.stderr
+        assert time.monotonic() - started < 15
+        assert lock_doc(tmp_path / "m.lock.yaml")["jobs"]["job-000"]["status"] == "training"
+        write_manifest(tmp_path, url, 1, api={"job_timeout": "60s"})
+        assert plan_json(tmp_path / "m.yaml")["summary"]["resume"] == 1
+        assert runner("apply", "m.yaml", cwd=tmp_path).code == 0
+        assert ledger(url)["credits_charged"] == 1

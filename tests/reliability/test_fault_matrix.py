@@ -56,7 +56,8 @@ def test_fault_cell(tmp_path: Path, rate: float, kind: str, long_run: bool) -> N
     kinds = FAULT_KINDS if kind == "mixed" else (kind,)
     with sandbox(tmp_path / "sb", fault_rate=rate, fault_kinds=kinds, fault_delay=0.3,
                  seed=int(rate * 100) + KINDS.index(kind)) as url:
-        manifest = write_manifest(tmp_path, url, jobs)
+        # A generous job_timeout: this test is about surviving faults, not about deadlines.
+        manifest = write_manifest(tmp_path, url, jobs, api={"job_timeout": "10m"})
         code, requests, wall = apply_in_process(manifest, url)
         book = ledger(url)
     entries = read_lockfile(tmp_path / "m.lock.yaml").entries
@@ -64,7 +65,7 @@ def test_fault_cell(tmp_path: Path, rate: float, kind: str, long_run: bool) -> N
     record("fault", rate=rate, kind=kind, jobs=jobs, succeeded=succeeded,
            charged=book["credits_charged"], replays=book["replays"], requests=requests,
            wall_s=round(wall, 2))
-    assert code == 0, {n: (e.status, e.error) for n, e in entries.items()}
+    assert code == 0, {n: (e.status, e.error) for n, e in entries.items() if e.status != "succeeded"}
     assert succeeded == jobs
     assert book["credits_charged"] == jobs
     assert book["duplicate_trainings"] == 0
