@@ -18,7 +18,6 @@ import io
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import sandbox  # noqa: E402
 
 KEY = "bench-key"
 # The highest request rate the other benchmarks drive: bench_baselines.py lets runner go at
@@ -49,21 +51,8 @@ def png(seed: int) -> bytes:
 
 @contextmanager
 def subprocess_server(state_dir: Path) -> Iterator[str]:
-    env = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "sandbox", "serve", "--port", "0",
-         "--state-dir", str(state_dir), "--train-seconds", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("sandbox listening on "):
-            raise SystemExit(f"sandbox did not start: {line!r}")
-        yield line.rsplit(" ", 1)[-1]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with sandbox(state_dir) as running:
+        yield running.url
 
 
 @contextmanager
