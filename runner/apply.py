@@ -13,7 +13,6 @@ the next plan treats the same way.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -142,6 +141,7 @@ class Applier:
         self._post_scopes: set[anyio.CancelScope] = set()
         self._scope: anyio.CancelScope | None = None
         self._last_flush = clock()
+        self._flush_interval = options.flush_interval
 
     @property
     def client(self) -> ApiClient:
@@ -173,12 +173,12 @@ class Applier:
             self._scope.cancel()
 
     def _maybe_flush(self) -> None:
-        if self.clock() - self._last_flush >= self.options.flush_interval:
+        if self.clock() - self._last_flush >= self._flush_interval:
             started = self.clock()
             self.session.flush()
             self._last_flush = self.clock()
             # Keep rewrites a small share of the run even for very large lockfiles.
-            self.options = _with_flush_interval(self.options, max(self.options.flush_interval, 20 * (self._last_flush - started)))
+            self._flush_interval = max(self._flush_interval, 20 * (self._last_flush - started))
 
     def _outcome(self, change: Change, status: str, entry: LockEntry | None, message: str | None = None) -> None:
         self.result.outcomes.append(
@@ -445,9 +445,3 @@ def poll_delay(poll_interval: float, waited: float) -> float:
     ``6 × poll_interval``: short jobs stay fast, long ones cost few requests.
     """
     return min(max(poll_interval, waited * POLL_SHARE), poll_interval * POLL_MAX_FACTOR)
-
-
-def _with_flush_interval(options: ApplyOptions, seconds: float) -> ApplyOptions:
-    from dataclasses import replace
-
-    return replace(options, flush_interval=seconds if math.isfinite(seconds) else options.flush_interval)

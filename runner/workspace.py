@@ -37,7 +37,9 @@ def load(manifest_path: str, stats: dict[str, os.stat_result] | None = None) -> 
 
 
 def fingerprint(
-    manifest: Manifest, stats: dict[str, os.stat_result] | None = None
+    manifest: Manifest,
+    stats: dict[str, os.stat_result] | None = None,
+    display: str | None = None,
 ) -> list[Fingerprinted]:
     """Fingerprint every job; images not in the digest cache are decoded-checked first.
 
@@ -61,7 +63,7 @@ def fingerprint(
         from runner.manifest import load_or_raise
 
         # Re-validate with image checks to report the problem at its manifest position.
-        load_or_raise(manifest.path, check_images=True)
+        load_or_raise(Path(display) if display else manifest.path, check_images=True)
         raise InputError("; ".join(bad) or f"cannot read an image: {exc}") from exc
     try:
         cache.save()
@@ -100,6 +102,6 @@ def prepare(
         lockfile = lockfile_for(manifest, lockfile_flag)
         if state is None:
             state = read_lockfile(lockfile)
-        jobs = fingerprint(manifest, stats)
+        jobs = fingerprint(manifest, stats, manifest_path)
         plan = make_plan(manifest_path, jobs, state.entries, targets)
     return Prepared(manifest, manifest_path, lockfile, state, jobs, plan, tuple(targets))
