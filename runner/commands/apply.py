@@ -18,10 +18,10 @@ from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.lockfile import LockSession
 from runner.manifests import expand_manifests, worst
 from runner.models import Manifest
-from runner.plan import SUBMITTING_ACTIONS, Plan
+from runner.plan import SUBMITTING_ACTIONS, Plan, make_plan
 from runner.ratelimit import TokenBucket
 from runner.render import apply_summary, plan_text
-from runner.workspace import load, lockfile_for, prepare
+from runner.workspace import Prepared, prepare
 
 log = logsetup.get_logger("runner.apply")
 API_ACTIONS = ("create", "replace", "retry", "resume", "blocked")
@@ -36,21 +36,23 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--parallelism must be at least 1")
     if args.max_submissions is not None and args.max_submissions < 0:
         raise UsageError("--max-submissions must be 0 or more")
-    # Phase 1, read-only: every manifest valid and within its budget, before anything is sent.
+    # Phase 1, read-only: every manifest valid, planned and within its budget before
+    # anything is sent (validation, hashing and the plan are not repeated in phase 2).
+    prepared: list[Prepared] = []
     problems: list[str] = []
-    total = 0
     for manifest_path in manifests:
         try:
-            prepared = prepare(manifest_path, args.lockfile, args.target)
+            one = prepare(manifest_path, args.lockfile, args.target)
             if args.max_submissions is None:
-                budget_guard(prepared.plan, prepared.manifest, args)
-            total += submissions_in(prepared.plan, args)
+                budget_guard(one.plan, one.manifest, args)
+            prepared.append(one)
         except RunnerError as exc:
             if len(manifests) == 1:
                 raise
             problems.append(logsetup.redact(str(exc)))
     if problems:
         raise InputError("\n".join(problems) + "\nnothing was submitted")
+    total = sum(submissions_in(p.plan, args) for p in prepared)
     if args.max_submissions is not None and total > args.max_submissions:
         raise UsageError(
             f"the plan would start {total} trainings, more than --max-submissions allows "
@@ -58,15 +60,15 @@ def run(args: argparse.Namespace) -> int:
         )
     # Phase 2: each manifest under its own lock, one after the other.
     codes: list[int] = []
-    for manifest_path in manifests:
+    for one in prepared:
         if len(manifests) > 1 and not args.quiet:
-            print(f"== {manifest_path}", file=sys.stderr)
+            print(f"== {one.display}", file=sys.stderr)
         try:
-            code = apply_one(manifest_path, args)
+            code = apply_one(one, args)
         except RunnerError as exc:
             if len(manifests) == 1:
                 raise
-            print(f"error: {manifest_path}: {logsetup.redact(str(exc))}", file=sys.stderr)
+            print(f"error: {one.display}: {logsetup.redact(str(exc))}", file=sys.stderr)
             code = exc.exit_code
         codes.append(code)
         if code == EXIT_INTERRUPTED:
@@ -98,11 +100,12 @@ def budget_guard(plan: Plan, manifest: Manifest, args: argparse.Namespace) -> No
         )
 
 
-def apply_one(manifest_path: str, args: argparse.Namespace) -> int:
-    manifest = load(manifest_path)
-    with LockSession(lockfile_for(manifest, args.lockfile)) as session:
-        prepared = prepare(manifest_path, args.lockfile, args.target, state=session.state)
-        plan = prepared.plan
+def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
+    manifest = prepared.manifest
+    with LockSession(prepared.lockfile) as session:
+        # Re-plan against the lockfile as it is under the lock (another apply may have
+        # finished since phase 1); the jobs' fingerprints are still the ones computed then.
+        plan = make_plan(prepared.display, prepared.jobs, session.state.entries, args.target)
         budget_guard(plan, manifest, args)
         if not args.quiet:
             sys.stderr.write(plan_text(plan))
