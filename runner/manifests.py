@@ -23,13 +23,14 @@ def is_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
 
 
-def expand_manifests(patterns: Sequence[str]) -> list[str]:
+def expand_manifests(patterns: Sequence[str], *, lockfile: str | None = None) -> list[str]:
     """Every manifest the arguments name, in the order given, each glob sorted, no repeats.
 
     A plain path is kept as typed, even when it does not exist, so the command reports it
     at its place with the usual message. A glob that matches nothing is a usage error:
     in CI it almost always means a typo, and passing silently would skip a whole catalog.
-    Lockfiles (``*.lock.yaml``) matched by a glob are skipped.
+    Lockfiles (``*.lock.yaml``) matched by a glob are skipped. ``--lockfile`` names one
+    lockfile, so it is refused when the arguments name several manifests.
     """
     found: list[str] = []
     seen: set[str] = set()
@@ -49,6 +50,8 @@ def expand_manifests(patterns: Sequence[str]) -> list[str]:
             if key not in seen:
                 seen.add(key)
                 found.append(match)
+    if lockfile and len(found) > 1:
+        raise UsageError("--lockfile cannot be used with several manifests")
     return found
 
 

@@ -29,9 +29,7 @@ API_ACTIONS = ("create", "replace", "retry", "resume", "blocked")
 
 def run(args: argparse.Namespace) -> int:
     """Validate and plan every manifest first, so bad input anywhere means nothing is sent."""
-    manifests = expand_manifests(args.manifests)
-    if len(manifests) > 1 and args.lockfile:
-        raise UsageError("--lockfile cannot be used with several manifests")
+    manifests = expand_manifests(args.manifests, lockfile=args.lockfile)
     if args.parallelism is not None and args.parallelism < 1:
         raise UsageError("--parallelism must be at least 1")
     if args.max_submissions is not None and args.max_submissions < 0:

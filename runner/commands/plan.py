@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from runner import logsetup
-from runner.errors import EXIT_CHANGES, EXIT_OK, RunnerError, UsageError
+from runner.errors import EXIT_CHANGES, EXIT_OK, RunnerError
 from runner.manifests import expand_manifests, worst
 from runner.plan import Plan
 from runner.render import (
@@ -28,9 +28,7 @@ from runner.workspace import prepare
 
 
 def run(args: argparse.Namespace) -> int:
-    manifests = expand_manifests(args.manifests)
-    if len(manifests) > 1 and args.lockfile:
-        raise UsageError("--lockfile cannot be used with several manifests")
+    manifests = expand_manifests(args.manifests, lockfile=args.lockfile)
     if len(manifests) == 1:
         plan = _plan(manifests[0], args)
         view = {"json": plan_json, "markdown": plan_markdown}.get(args.format, plan_text)

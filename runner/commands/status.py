@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from runner import logsetup
-from runner.errors import RunnerError, UsageError
+from runner.errors import RunnerError
 from runner.lockfile import read_lockfile
 from runner.manifests import expand_manifests, worst
 from runner.render import (
@@ -28,9 +28,7 @@ from runner.workspace import load, lockfile_for
 
 
 def run(args: argparse.Namespace) -> int:
-    manifests = expand_manifests(args.manifests)
-    if len(manifests) > 1 and args.lockfile:
-        raise UsageError("--lockfile cannot be used with several manifests")
+    manifests = expand_manifests(args.manifests, lockfile=args.lockfile)
     many = len(manifests) > 1
     console = _console() if args.format == "text" else None
     documents: list[dict[str, Any]] = []
