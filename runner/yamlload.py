@@ -187,8 +187,22 @@ def load_file(path: Path, *, max_bytes: int = MAX_BYTES) -> Document:
 
 def loads(text: str) -> Document:
     """Parse one YAML document from text; see the module docstring for what is refused."""
+    try:
+        return _parse(text, _Loader)
+    except _LibyamlTooDeep:
+        # libyaml 0.2.6 (PyYAML 6.0.3+ wheels) refuses more than 1,000 flow levels while its
+        # scanner looks ahead, before our builder has seen the 65th; the pure-Python parser
+        # has no such limit, so it lets ``MAX_DEPTH`` stop the read at the right place.
+        return _parse(text, yaml.SafeLoader)
+
+
+class _LibyamlTooDeep(Exception):
+    """libyaml's own nesting limit fired before ours could."""
+
+
+def _parse(text: str, loader_class: type[Any]) -> Document:
     builder = _Builder()
-    loader = _Loader(text)
+    loader = loader_class(text)
     try:
         while True:
             event = loader.get_event()
@@ -196,6 +210,8 @@ def loads(text: str) -> Document:
                 break
             builder.feed(event, loader)
     except yaml.MarkedYAMLError as exc:
+        if loader_class is not yaml.SafeLoader and "maximum nesting depth" in str(exc.problem):
+            raise _LibyamlTooDeep from None
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or exc.context or "invalid YAML"
         if exc.context and exc.problem:
