@@ -37,11 +37,10 @@ from runner.errors import (
 from runner.lockfile import LockEntry, LockfileWriteError, LockSession
 from runner.models import ApiSettings
 from runner.plan import Change, Plan
+from runner.polling import TrainingTimes, poll_delay, shape_of
 
 log = logsetup.get_logger("runner.apply")
 
-POLL_SHARE = 0.05  # wait at most this share of the time already waited...
-POLL_MAX_FACTOR = 6.0  # ...and never more than this many poll_intervals
 INTERRUPT_GRACE = 10.0  # seconds an in-flight upload may finish after Ctrl-C
 
 
@@ -142,6 +141,7 @@ class Applier:
         self._scope: anyio.CancelScope | None = None
         self._last_flush = clock()
         self._flush_interval = options.flush_interval
+        self.training_times = TrainingTimes()
 
     @property
     def client(self) -> ApiClient:
@@ -394,10 +394,12 @@ class Applier:
         started = self.clock()
         deadline = started + self.settings.job_timeout
         with structlog.contextvars.bound_contextvars(job=change.name, action=change.action):
-            if just_submitted:
+            shape = shape_of(change.job.job) if change.job is not None else None
+            if just_submitted and shape is not None:
                 # A training that has just started cannot have ended: asking now only
                 # spends a request of the rate limit. (A resumed one may be done: ask.)
-                await anyio.sleep(min(base, max(0.0, deadline - self.clock())))
+                first = self.training_times.first_poll(shape, base)
+                await anyio.sleep(min(first, max(0.0, deadline - self.clock())))
             while True:
                 status = None
                 try:
@@ -418,6 +420,8 @@ class Applier:
                         )
                         self._record(change, done)
                         self._outcome(change, "succeeded", done)
+                        if just_submitted and shape is not None:
+                            self.training_times.seen(shape, self.clock() - started)
                         return
                     elif status is not None and status.state == "failed":
                         message = status.message or "training failed"
@@ -436,12 +440,3 @@ class Applier:
                     return
                 await anyio.sleep(min(poll_delay(base, self.clock() - started), remaining))
 
-
-def poll_delay(poll_interval: float, waited: float) -> float:
-    """The next poll's delay: back off in proportion to the time already waited.
-
-    A finished training is noticed at most ~5% of its running time late (a slot frees
-    only when we see it finish), while a long training is asked about at most every
-    ``6 × poll_interval``: short jobs stay fast, long ones cost few requests.
-    """
-    return min(max(poll_interval, waited * POLL_SHARE), poll_interval * POLL_MAX_FACTOR)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,9 +68,14 @@ class LockEntry:
     inputs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        raw = asdict(self)
+        # Not dataclasses.asdict: its recursive deep copy cost more than everything else a
+        # journal record does (every state change, and every entry at every flush).
+        raw = {k: getattr(self, k) for k in ENTRY_KEYS}
         raw["results"] = list(self.results)
-        return {k: raw[k] for k in ENTRY_KEYS}
+        raw["inputs"] = _copy_json(self.inputs)
+        if self.error is not None:
+            raw["error"] = _copy_json(self.error)
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LockEntry:
@@ -81,6 +86,15 @@ class LockEntry:
 
     def evolve(self, **changes: Any) -> LockEntry:
         return replace(self, **changes)
+
+
+def _copy_json(value: Any) -> Any:
+    """A copy of JSON-shaped data, so a document never shares a dict with an entry."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy_json(v) for v in value]
+    return value
 
 
 @dataclass

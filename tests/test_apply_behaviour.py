@@ -198,3 +198,16 @@ def test_job_timeout_leaves_the_job_training_and_the_next_apply_resumes(tmp_path
         assert plan_json(tmp_path / "m.yaml")["summary"]["resume"] == 1
         assert runner("apply", "m.yaml", cwd=tmp_path).code == 0
         assert ledger(url)["credits_charged"] == 1
+
+
+def test_polls_learn_how_long_a_shape_trains(tmp_path: Path) -> None:
+    """After the first training of a shape ends, later ones are first asked about when it had
+    ended: about one status request each instead of one every poll_interval."""
+    with sandbox(tmp_path / "sb", train_seconds=0.6) as url:
+        write_manifest(tmp_path, url, 5, api={"max_in_flight": 1, "poll_interval": "50ms"})
+        result = runner("apply", "m.yaml", cwd=tmp_path)
+        assert result.code == 0, result.stderr
+        checks = ledger(url)["status_checks"]
+    # Unlearned, each 0.6 s training costs ~12 polls at 50 ms (60 for five jobs): the first
+    # still does, the four after it 1-2 each.
+    assert 5 <= checks <= 14 + 4 * 3, checks

@@ -76,13 +76,3 @@ def test_targets_limit_the_plan_and_unknown_target_is_an_error() -> None:
     assert actions(plan) == {"beta": "create"}
     with pytest.raises(UsageError, match="did you mean 'alpha'"):
         make_plan("m.yaml", [fp("alpha")], {}, targets=["alpah"])
-
-
-def test_poll_delay_backs_off_in_proportion_and_is_capped() -> None:
-    """Polls wait poll_interval at first, a twentieth of the time waited later, never over 6x."""
-    from runner.apply import poll_delay
-
-    assert poll_delay(10, 0) == 10
-    assert poll_delay(10, 600) == 30
-    assert poll_delay(10, 3600) == 60
-    assert poll_delay(0.05, 2.0) == 0.1

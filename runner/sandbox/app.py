@@ -10,7 +10,8 @@ uvicorn's own ``send``, which Starlette middleware would only see wrapped.
 Extra routes, outside the OpenAPI document:
 
 - ``GET /_sandbox/ledger`` (same ``X-Api-Key``): ``{"credits_charged", "trainings",
-  "posts", "replays", "balance"}`` for that key, so tests can prove "no double charge".
+  "posts", "replays", "balance", "duplicate_trainings", "status_checks"}`` for that key, so
+  tests can prove "no double charge" and count the polls a client spent.
 - ``GET /_sandbox/files/{asset_id}/{name}``: the sample PNGs (no key, like a CDN URL).
 - ``GET /_sandbox/health``: ``{"ok": true}``, no key.
 """
@@ -204,6 +205,9 @@ class Sandbox:
         self._keys = tuple(k.encode() for k in config.api_keys)
         self._known: set[str] = set()
         self._closed = False
+        # Status answers per account since start-up (not persisted: a diagnostic, so tests
+        # and benchmarks can count how many polls a client spent).
+        self.status_checks: dict[str, int] = {}
 
     def close(self) -> None:
         if not self._closed:
@@ -743,6 +747,7 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
         _api_key: Annotated[str | None, Security(api_key_header)] = None,
     ) -> Response:
         account: str = request.scope["state"]["sandbox_account"]
+        sandbox.status_checks[account] = sandbox.status_checks.get(account, 0) + 1
         asset = sandbox.store.get_asset(account, trigger_word)
         if asset is None:
             return _message(404, f"no finetune {trigger_word!r} for this API key")
@@ -751,7 +756,8 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
 
     @app.get("/_sandbox/ledger", include_in_schema=False)
     async def sandbox_ledger(request: Request) -> dict[str, Any]:
-        return sandbox.store.ledger(request.scope["state"]["sandbox_account"])
+        account: str = request.scope["state"]["sandbox_account"]
+        return {**sandbox.store.ledger(account), "status_checks": sandbox.status_checks.get(account, 0)}
 
     @app.get("/_sandbox/health", include_in_schema=False)
     async def sandbox_health() -> dict[str, Any]:

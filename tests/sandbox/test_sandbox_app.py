@@ -231,8 +231,21 @@ async def test_credits_run_out_with_402(asgi: Callable[..., httpx.AsyncClient]) 
             "replays": 0,
             "balance": 0,
             "duplicate_trainings": 0,
+            "status_checks": 0,
         }
         assert (await post(client, headers={"X-Api-Key": OTHER_KEY})).status_code == 200
+
+
+async def test_ledger_counts_status_checks_per_key(asgi: Callable[..., httpx.AsyncClient]) -> None:
+    """Every status request (a 404 too) counts for the key that sent it, and only for it."""
+    async with asgi() as client:
+        word = data(await post(client))["trigger_word"]
+        for ident in (word, word, "NOPE_123456"):
+            await client.get(f"/finetune/{ident}", headers=HEADERS)
+        await client.get(f"/finetune/{word}", headers={"X-Api-Key": OTHER_KEY})
+        mine = (await client.get("/_sandbox/ledger", headers=HEADERS)).json()
+        other = (await client.get("/_sandbox/ledger", headers={"X-Api-Key": OTHER_KEY})).json()
+        assert (mine["status_checks"], other["status_checks"]) == (3, 1)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,40 @@
+"""The poll schedule: back-off with the time waited, and first polls learned per request shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.models import Job
+from runner.polling import TrainingTimes, poll_delay, shape_of
+
+
+def test_poll_delay_backs_off_in_proportion_and_is_capped() -> None:
+    """Polls wait poll_interval at first, a twentieth of the time waited later, never over 6x."""
+    assert poll_delay(10, 0) == 10
+    assert poll_delay(10, 600) == 30
+    assert poll_delay(10, 3600) == 60
+    assert poll_delay(0.05, 2.0) == 0.1
+
+
+def test_first_poll_waits_for_the_shortest_training_of_the_same_shape() -> None:
+    """Unknown shapes are asked about after poll_interval; a known one when its shortest ended."""
+    times = TrainingTimes()
+    small = shape_of(Job(name="a", images=(Path("/x/1.png"),) * 3))
+    large = shape_of(Job(name="b", images=(Path("/x/1.png"),) * 30))
+    assert times.first_poll(small, 10) == 10
+    times.seen(small, 600)
+    times.seen(small, 540)
+    times.seen(small, 700)
+    assert times.first_poll(small, 10) == 540
+    assert times.first_poll(large, 10) == 10
+    times.seen(large, 4)  # shorter than poll_interval: never ask sooner than that
+    assert times.first_poll(large, 10) == 10
+
+
+def test_shape_ignores_what_the_api_ignores() -> None:
+    """Kontext ignores finetune_type, so it does not split shapes; iterations and counts do."""
+    pair = (Path("/p/a.png"), Path("/p/b.png"))
+    kontext = Job(name="k", option="FluxKontextFinetune", images=pair, prompt="red")
+    assert shape_of(kontext) == shape_of(Job(name="k2", option="FluxKontextFinetune", finetune_type="Style", images=pair))
+    assert shape_of(Job(name="a", images=pair)) != shape_of(Job(name="a", images=pair, num_iterations=2000))
+    assert shape_of(Job(name="a", image_urls=("https://e/a.jpg",))) == shape_of(Job(name="b", images=pair[:1]))
