@@ -11,9 +11,11 @@ the manifest, like git's index: a no-op plan stats files but reads no image byte
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,26 +27,46 @@ from runner.models import Job
 
 CACHE_VERSION = 1
 _CHUNK = 1 << 20
+SMALL_FILE = 1 << 16  # files up to this size are read whole, once, for the check and the hash
 
+# ``check(path, content)`` refuses a file by raising; ``content`` is the whole file when it is
+# small (checked from memory), None when it is large (the check reads what it needs).
+Check = Callable[[Path, bytes | None], None]
 
 _buffers = threading.local()
 
 
-def hash_file(path: Path) -> str:
-    """sha256 of a file's bytes; hashlib releases the GIL, so threads hash in parallel.
+def hash_file(path: Path, check: Check | None = None) -> str:
+    """sha256 of a file's bytes, after ``check`` accepted it; one open, one read when small.
 
-    Each thread reuses one 1 MB buffer: allocating (and zeroing) a fresh one per file cost
-    more than hashing a small image (10,000 files of 100 bytes: 0.34 s -> 0.13 s).
+    Small files (most of a 100,000-file plan) cost per file, not per byte: one open and one
+    read serve both the image check and the hash (a second open, fstat, seek and read for
+    the check cost more than hashing 100 bytes). Opened non-blocking and fstat'ed, so a file
+    swapped for a FIFO since validation is refused instead of hanging. hashlib releases the
+    GIL on large buffers, so threads hash big files in parallel; each thread reuses one 1 MB
+    buffer (a fresh one per file cost more than hashing a small image).
     """
-    buf = getattr(_buffers, "buf", None)
-    if buf is None:
-        buf = _buffers.buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", buffering=0) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (changed since validation)", str(path))
+        head = fh.read(SMALL_FILE + 1)
+        while len(head) <= SMALL_FILE and (more := fh.read(SMALL_FILE + 1 - len(head))):
+            head += more
+        if len(head) <= SMALL_FILE:
+            if check is not None:
+                check(path, head)
+            return hashlib.sha256(head).hexdigest()
+        if check is not None:
+            check(path, None)
+        h = hashlib.sha256(head)
+        buf = getattr(_buffers, "buf", None)
+        if buf is None:
+            buf = _buffers.buf = bytearray(_CHUNK)
+        view = memoryview(buf)
         while n := fh.readinto(buf):
             h.update(view[:n])
-    return h.hexdigest()
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -117,14 +139,14 @@ def digest_files(
     cache: DigestCache,
     *,
     threads: int = 2,
-    on_miss: Callable[[Path], None] | None = None,
+    check: Check | None = None,
     stats: Mapping[str, os.stat_result] | None = None,
 ) -> dict[str, str]:
     """Digest every distinct path, reading only files whose stat changed since last time.
 
     Returns digests by ``str(path)``: text keys hash in C, where a Path's ``__hash__`` is a
     Python call, and a 10,000-job plan looks up 100,000 files several times.
-    ``on_miss`` runs on each file about to be hashed (used to check the image decodes before
+    ``check`` runs on each file about to be hashed (used to check the image decodes before
     it is trusted into the cache); it raises to refuse the file. ``stats`` holds stat
     results taken moments ago by validation, by ``str(path)``; others are stat'ed here.
     """
@@ -144,21 +166,25 @@ def digest_files(
     def work(batch: list[tuple[Path, StatKey]]) -> list[str]:
         out = []
         for path, _key in batch:
-            if on_miss is not None:
-                on_miss(path)
-            out.append(hash_file(path))
+            out.append(hash_file(path, check))
         return out
 
     if todo:
-        if len(todo) == 1 or threads <= 1:
-            digests = work(todo)
+        # Threads only for large files, where hashing releases the GIL. A small file's work
+        # is Python (open, read, the image check), so a second thread only fights for the
+        # GIL: 20,000 files of 100 bytes took 0.25 s on 2 threads, 0.15 s on one.
+        small = [item for item in todo if item[1].size <= SMALL_FILE]
+        large = [item for item in todo if item[1].size > SMALL_FILE]
+        todo = small + large
+        digests = work(small)
+        if len(large) <= 1 or threads <= 1:
+            digests += work(large)
         else:
-            # A few batches per thread, not one future per file: a future costs more than
-            # hashing a small image. Big files still spread, 8 batches for 2 threads.
-            size = max(1, -(-len(todo) // (threads * 4)))
-            batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+            # A few batches per thread, not one future per file. 8 batches for 2 threads.
+            size = max(1, -(-len(large) // (threads * 4)))
+            batches = [large[i : i + size] for i in range(0, len(large), size)]
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="digest") as pool:
-                digests = [d for done in pool.map(work, batches) for d in done]
+                digests += [d for done in pool.map(work, batches) for d in done]
         for (path, key), digest in zip(todo, digests, strict=True):
             cache.put(path, key, digest)
             result[str(path)] = digest
@@ -207,7 +233,7 @@ def fingerprint_jobs(
     cache: DigestCache,
     *,
     threads: int = 2,
-    on_miss: Callable[[Path], None] | None = None,
+    check: Check | None = None,
     stats: Mapping[str, os.stat_result] | None = None,
 ) -> list[Fingerprinted]:
     jobs = list(jobs)
@@ -215,7 +241,7 @@ def fingerprint_jobs(
         (p for job in jobs for p in job.images),
         cache,
         threads=threads,
-        on_miss=on_miss,
+        check=check,
         stats=stats,
     )
     out = []

@@ -22,6 +22,7 @@ import errno
 import fnmatch
 import functools
 import glob
+import io
 import os
 import stat
 import threading
@@ -250,19 +251,29 @@ def _check_open(path: Path, size: int, decode: bool) -> str | None:
         return describe_os_error(exc)
 
 
-def _pil() -> Any:
-    """Import Pillow on first use only, so commands that never look at images start fast."""
-    from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+def check_content(content: bytes) -> str | None:
+    """``check_file``'s image check on a small file's bytes, already read for its hash."""
+    if not content:
+        return "empty file"
+    return _check_image(io.BytesIO(content), len(content))
+
+
+@functools.cache
+def _pil() -> tuple[Any, type[Exception]]:
+    """Import Pillow on first use only, so commands that never look at images start fast.
+
+    Cached: the imports and the warnings filter cost more per call than a small image's
+    header check.
+    """
+    from PIL import Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError, WebPImagePlugin
 
     del JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # registered on import
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse by size ourselves
-    return Image
+    return Image, UnidentifiedImageError
 
 
 def _check_image(fh: IO[bytes], size: int) -> str | None:
-    Image = _pil()
-    from PIL import UnidentifiedImageError
-
+    Image, UnidentifiedImageError = _pil()
     try:
         with Image.open(fh, formats=_FORMATS) as im:
             fmt = im.format

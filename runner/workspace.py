@@ -46,19 +46,19 @@ def fingerprint(
     A no-op plan therefore reads no image bytes, while a new or changed file is checked as
     thoroughly as ``runner validate`` would (and reported at its place in the manifest).
     """
-    from runner.images import check_file
+    from runner.images import check_content, check_file
 
     bad: list[str] = []
 
-    def check(path: Path) -> None:
-        problem = check_file(path)
+    def check(path: Path, content: bytes | None) -> None:
+        problem = check_file(path) if content is None else check_content(content)
         if problem:
             bad.append(f"{path}: {problem}")
             raise _BadImage(problem)
 
     cache = DigestCache(digest_cache_path(manifest))
     try:
-        fps = fingerprint_jobs(manifest.jobs, cache, on_miss=check, stats=stats)
+        fps = fingerprint_jobs(manifest.jobs, cache, check=check, stats=stats)
     except (_BadImage, OSError) as exc:
         from runner.manifest import load_or_raise
 
