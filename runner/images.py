@@ -262,18 +262,19 @@ def check_content(content: bytes) -> str | None:
 def _pil() -> tuple[Any, type[Exception]]:
     """Import Pillow on first use only, so commands that never look at images start fast.
 
-    Cached: the imports and the warnings filter cost more per call than a small image's
-    header check.
+    Cached: the imports cost more per call than a small image's header check.
     """
     from PIL import Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError, WebPImagePlugin
 
     del JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # registered on import
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse by size ourselves
     return Image, UnidentifiedImageError
 
 
 def _check_image(fh: IO[bytes], size: int) -> str | None:
     Image, UnidentifiedImageError = _pil()
+    # Every time, not once: whoever resets the warning filters (pytest does per test) would
+    # otherwise see Pillow's warning for an image we refuse by size ourselves.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
         with Image.open(fh, formats=_FORMATS) as im:
             fmt = im.format
