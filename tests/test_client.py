@@ -129,3 +129,49 @@ def test_idempotency_key_depends_on_fingerprint_and_attempt() -> None:
     fp = "sha256:" + "0" * 64
     assert idempotency_key(fp, 1) == idempotency_key(fp, 1)
     assert idempotency_key(fp, 1) != idempotency_key(fp, 2)
+
+
+def test_https_endpoints_still_verify_certificates(tmp_path: Path) -> None:
+    """The CA bundle is skipped for http endpoints only: a self-signed https server is refused
+    by the client (the server sees the client's certificate alert), never talked to."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+    import threading
+
+    openssl = shutil.which("openssl")
+    assert openssl, "the test needs the openssl command to make a self-signed certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[str] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with context.wrap_socket(conn, server_side=True):
+                seen.append("handshake completed")
+        except (ssl.SSLError, OSError) as exc:
+            seen.append(str(exc))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def main() -> None:
+        once = RetryPolicy(attempts=1, timeout=10, wait_initial=0.01, wait_max=0.01, wait_jitter=0.0)
+        async with ApiClient(f"https://127.0.0.1:{port}", "k-123", TokenBucket(None), retry=once) as client:
+            await client.status("X_1")
+
+    try:
+        with pytest.raises(ApiError, match="ConnectError") as info:
+            anyio.run(main)
+        thread.join(10)
+    finally:
+        listener.close()
+    assert seen and seen[0] != "handshake completed", seen
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value.__cause__), repr(info.value.__cause__)
