@@ -438,5 +438,10 @@ class Applier:
                     self.reporter.job_changed(change.name, change.action, entry, message)
                     self._outcome(change, "training", entry, message)
                     return
-                await anyio.sleep(min(poll_delay(base, self.clock() - started), remaining))
+                waited = self.clock() - started
+                if just_submitted and shape is not None:
+                    delay = self.training_times.next_poll(shape, base, waited)
+                else:
+                    delay = poll_delay(base, waited)
+                await anyio.sleep(min(delay, remaining))
 

@@ -409,7 +409,7 @@ def _open_files(paths: tuple[Path, ...]) -> Iterator[list[tuple[str, tuple[str, 
 def _open_regular(path: Path) -> BinaryIO:
     """Open an image for upload without ever blocking: a file swapped for a FIFO (or a
     device) since validation is refused instead of hanging the whole apply."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file (changed since validation)", str(path))

@@ -46,10 +46,16 @@ def hash_file(path: Path, check: Check | None = None) -> str:
     GIL on large buffers, so threads hash big files in parallel; each thread reuses one 1 MB
     buffer (a fresh one per file cost more than hashing a small image).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with open(fd, "rb", buffering=0) as fh:
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file (changed since validation)", str(path))
+        fh = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
         head = fh.read(SMALL_FILE + 1)
         while len(head) <= SMALL_FILE and (more := fh.read(SMALL_FILE + 1 - len(head))):
             head += more

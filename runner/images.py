@@ -239,7 +239,7 @@ def check_file(
 def _check_open(path: Path, size: int, decode: bool) -> str | None:
     try:
         # O_NONBLOCK: if the file was swapped for a FIFO since the stat, open must not wait.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         return describe_os_error(exc)
     try:

@@ -9,8 +9,11 @@ status checks alone would take 5 requests/s).
 - ``poll_delay`` backs off in proportion to the time already waited, so a finished training
   is seen at most ~5 % of its running time late, and a long one costs few requests.
 - ``TrainingTimes`` remembers, per request shape (option, type, image count, iterations),
-  the shortest training this run has seen end. A training of the same shape is not asked
-  about before 90 % of that: polls that could only answer "still running" are skipped.
+  the shortest training this run has seen end. A training of the same shape is first asked
+  about at 90 % of that, and again when that shortest one had ended: the polls that could
+  only answer "still running" are skipped, a finish at the usual time is seen at once, and
+  one that comes sooner (the service got faster, or the first sample waited in a queue)
+  is seen at the 90 % poll and lowers the estimate for the next ones.
   Only this run's own trainings count, timed from their 200 on the monotonic clock; the
   lockfile's timestamps include the upload and have one-second resolution, and a service
   that got faster since would leave slots idle.
@@ -22,7 +25,7 @@ from runner.models import Job
 
 POLL_SHARE = 0.05  # wait at most this share of the time already waited...
 POLL_MAX_FACTOR = 6.0  # ...and never more than this many poll_intervals
-LEARNED_SHARE = 1.0  # first poll of a known shape: when the shortest one seen had ended
+LEARNED_SHARE = 0.9  # first poll of a known shape: this share of the shortest one seen
 
 Shape = tuple[str, str | None, int, int]
 
@@ -65,3 +68,12 @@ class TrainingTimes:
         if known is None:
             return poll_interval
         return max(poll_interval, known * LEARNED_SHARE)
+
+    def next_poll(self, shape: Shape, poll_interval: float, waited: float) -> float:
+        """Seconds until the next poll of a training ``waited`` seconds old and still running:
+        the usual back-off, but no later than when the shortest of its shape had ended."""
+        delay = poll_delay(poll_interval, waited)
+        known = self._shortest.get(shape)
+        if known is not None and waited < known:
+            delay = min(delay, known - waited)
+        return delay

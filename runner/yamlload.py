@@ -189,15 +189,25 @@ def loads(text: str) -> Document:
     """Parse one YAML document from text; see the module docstring for what is refused."""
     try:
         return _parse(text, _Loader)
-    except _LibyamlTooDeep:
-        # libyaml 0.2.6 (PyYAML 6.0.3+ wheels) refuses more than 1,000 flow levels while its
-        # scanner looks ahead, before our builder has seen the 65th; the pure-Python parser
-        # has no such limit, so it lets ``MAX_DEPTH`` stop the read at the right place.
-        return _parse(text, yaml.SafeLoader)
+    except _LibyamlTooDeep as exc:
+        # libyaml 0.2.6 (PyYAML 6.0.4 wheels) refuses more than 1,000 flow levels while its
+        # scanner looks ahead, before our builder has seen the 65th. The text up to that
+        # point holds all 1,000, so the pure-Python parser, given only that prefix, lets
+        # ``MAX_DEPTH`` stop the read at the right place (and is slow on nothing else).
+        try:
+            _parse(text[: exc.index], yaml.SafeLoader)
+        except YamlError as error:
+            if error.message.startswith("nesting is too deep"):
+                raise
+        return _parse(text, yaml.SafeLoader)  # never a prefix's document: all of it
 
 
 class _LibyamlTooDeep(Exception):
-    """libyaml's own nesting limit fired before ours could."""
+    """libyaml's own nesting limit fired before ours could, at ``index`` in the text."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 def _parse(text: str, loader_class: type[Any]) -> Document:
@@ -211,7 +221,8 @@ def _parse(text: str, loader_class: type[Any]) -> Document:
             builder.feed(event, loader)
     except yaml.MarkedYAMLError as exc:
         if loader_class is not yaml.SafeLoader and "maximum nesting depth" in str(exc.problem):
-            raise _LibyamlTooDeep from None
+            mark = exc.problem_mark
+            raise _LibyamlTooDeep(mark.index + 1 if mark else len(text)) from None
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or exc.context or "invalid YAML"
         if exc.context and exc.problem:

@@ -99,3 +99,26 @@ def test_the_in_memory_check_agrees_with_the_file_check(tmp_path: Path, fmt: str
         assert verdicts[name][0] == verdicts[name][1], (name, verdicts[name])
     assert verdicts["whole"] == (None, None)
     assert verdicts["truncated"][0] and verdicts["garbled"][0]
+
+
+def test_a_folder_swapped_in_is_refused_without_leaking_a_descriptor(tmp_path: Path) -> None:
+    """A path that became a folder since validation is an OSError naming it; no fd stays open."""
+    folder = tmp_path / "a.png"
+    folder.mkdir()
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(5):
+        with pytest.raises(OSError, match="not a regular file"):
+            hash_file(folder)
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("size", [SMALL_FILE - 1, SMALL_FILE, SMALL_FILE + 1])
+def test_sizes_around_the_small_file_limit(tmp_path: Path, size: int) -> None:
+    """Up to SMALL_FILE bytes the check gets the content, past it None; the digest is exact."""
+    path = tmp_path / "edge.png"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    seen: list[bytes | None] = []
+    assert hash_file(path, lambda _p, content: seen.append(content)) == hashlib.sha256(data).hexdigest()
+    assert seen == ([data] if size <= SMALL_FILE else [None])
