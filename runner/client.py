@@ -15,11 +15,8 @@ raises ``Uncertain`` and the job waits for ``--resubmit-uncertain``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import os
 import secrets
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +27,7 @@ import stamina
 
 from runner import __version__, logsetup
 from runner.errors import ApiError, InsufficientCredit
+from runner.images import open_regular
 from runner.models import Job
 from runner.ratelimit import TokenBucket
 
@@ -401,23 +399,9 @@ def _open_files(paths: tuple[Path, ...]) -> Iterator[list[tuple[str, tuple[str, 
     with contextlib.ExitStack() as stack:
         files = []
         for path in paths:
-            fh = stack.enter_context(_open_regular(path))
+            fh = stack.enter_context(open_regular(path))
             files.append(("image_files", (path.name, fh, _mime(path))))
         yield files
-
-
-def _open_regular(path: Path) -> BinaryIO:
-    """Open an image for upload without ever blocking: a file swapped for a FIFO (or a
-    device) since validation is refused instead of hanging the whole apply."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (changed since validation)", str(path))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _mime(path: Path) -> str:

@@ -11,18 +11,18 @@ the manifest, like git's index: a no-op plan stats files but reads no image byte
 
 from __future__ import annotations
 
-import errno
 import hashlib
+import io
 import json
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from runner.images import open_regular
 from runner.models import Job
 
 CACHE_VERSION = 1
@@ -46,16 +46,7 @@ def hash_file(path: Path, check: Check | None = None) -> str:
     GIL on large buffers, so threads hash big files in parallel; each thread reuses one 1 MB
     buffer (a fresh one per file cost more than hashing a small image).
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (changed since validation)", str(path))
-        fh = open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
-    except BaseException:
-        os.close(fd)
-        raise
-    with fh:
+    with open_regular(path, buffering=0) as fh:
         head = fh.read(SMALL_FILE + 1)
         while len(head) <= SMALL_FILE and (more := fh.read(SMALL_FILE + 1 - len(head))):
             head += more
@@ -70,7 +61,8 @@ def hash_file(path: Path, check: Check | None = None) -> str:
         if buf is None:
             buf = _buffers.buf = bytearray(_CHUNK)
         view = memoryview(buf)
-        while n := fh.readinto(buf):
+        raw = cast(io.RawIOBase, fh)  # unbuffered: a FileIO
+        while n := raw.readinto(buf):
             h.update(view[:n])
         return h.hexdigest()
 
