@@ -394,10 +394,12 @@ class Applier:
         started = self.clock()
         deadline = started + self.settings.job_timeout
         with structlog.contextvars.bound_contextvars(job=change.name, action=change.action):
-            shape = shape_of(change.job.job) if change.job is not None else None
-            if just_submitted and shape is not None:
+            # Learned times apply to trainings timed from their 200 in this run; a resumed
+            # one's age is unknown, so it polls on the plain back-off (and may be done: ask).
+            shape = shape_of(change.job.job) if just_submitted and change.job is not None else None
+            if shape is not None:
                 # A training that has just started cannot have ended: asking now only
-                # spends a request of the rate limit. (A resumed one may be done: ask.)
+                # spends a request of the rate limit.
                 first = self.training_times.first_poll(shape, base)
                 await anyio.sleep(min(first, max(0.0, deadline - self.clock())))
             while True:
@@ -420,7 +422,7 @@ class Applier:
                         )
                         self._record(change, done)
                         self._outcome(change, "succeeded", done)
-                        if just_submitted and shape is not None:
+                        if shape is not None:
                             self.training_times.seen(shape, self.clock() - started)
                         return
                     elif status is not None and status.state == "failed":
@@ -439,7 +441,7 @@ class Applier:
                     self._outcome(change, "training", entry, message)
                     return
                 waited = self.clock() - started
-                if just_submitted and shape is not None:
+                if shape is not None:
                     delay = self.training_times.next_poll(shape, base, waited)
                 else:
                     delay = poll_delay(base, waited)
