@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
-from runner import logsetup
-from runner.client import ApiClient, Uncertain, idempotency_key
+from runner import logsetup, wire
+from runner.client import ApiClient, Uncertain, Unreachable, idempotency_key
 from runner.errors import (
     EXIT_CREDIT,
     EXIT_INCOMPLETE,
@@ -37,11 +37,12 @@ from runner.errors import (
 from runner.lockfile import LockEntry, LockfileWriteError, LockSession
 from runner.models import ApiSettings
 from runner.plan import Change, Plan
-from runner.polling import TrainingTimes, poll_delay, shape_of
+from runner.polling import TrainingTimes, poll_delay
 
 log = logsetup.get_logger("runner.apply")
 
 INTERRUPT_GRACE = 10.0  # seconds an in-flight upload may finish after Ctrl-C
+MAX_UNREADABLE = 5  # unreadable status answers in a row before a job is no longer followed
 
 
 def utcnow() -> str:
@@ -124,8 +125,11 @@ class Applier:
         options: ApplyOptions,
         reporter: Reporter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        api: str | None = None,
     ) -> None:
         self.plan = plan
+        # Where the entries this run makes are recorded as made (DESIGN section 4).
+        self.api = api
         self.session = session
         self._client = client
         self.settings = settings
@@ -204,8 +208,18 @@ class Applier:
             return self.result
         blocked = plan.with_action("blocked")
         submits = plan.with_action("create", "replace", "retry")
+        try:
+            # One free request first: an endpoint that cannot be reached, or a refused key,
+            # ends the run here with one message, before any job is touched.
+            await self.client.reach()
+        except ApiError as exc:
+            self.result.fatal = exc.message
+            for change in work:
+                self._outcome(change, "skipped", change.entry, "not submitted")
+            return self.result
+        replayable = [c for c in blocked if _lost_answer(c.entry)]
         honoured = False
-        if blocked or submits:
+        if submits or (replayable and not self.options.resubmit_uncertain):
             # Known before the first POST, so a lost answer can be replayed safely at once.
             try:
                 honoured = await self.client.probe_idempotency()
@@ -216,7 +230,6 @@ class Applier:
                         self._outcome(change, "skipped", change.entry, "not submitted")
                     return self.result
                 log.warning("could not learn whether the API honours idempotency keys", error=exc.message)
-        replay_blocked = self.options.resubmit_uncertain or honoured
         async with anyio.create_task_group() as tg:
             self._scope = tg.cancel_scope
             tg.start_soon(self._watch_signals, tg.cancel_scope)
@@ -227,12 +240,20 @@ class Applier:
                 for change in submits:
                     jobs.start_soon(self._submit_job, change, False)
                 for change in blocked:
-                    if replay_blocked:
-                        jobs.start_soon(self._submit_job, change, True)
+                    lost = _lost_answer(change.entry)
+                    if self.options.resubmit_uncertain or (honoured and lost):
+                        # A lost answer is replayed under its own key (safe where keys are
+                        # honoured); an answer we kept but could not read would only come
+                        # back the same under that key, so a resubmission is a new attempt.
+                        jobs.start_soon(self._submit_job, change, lost)
                     else:
                         message = (
                             "not resubmitted: the API gives no way to check whether it started; "
                             "rerun with --resubmit-uncertain to submit it again (may charge twice)"
+                            if lost else
+                            "not resubmitted: the API took it (and may have charged) but its answer "
+                            "had no trigger word we could read; the answer is kept in the lockfile. "
+                            "--resubmit-uncertain trains it again (charged again)"
                         )
                         self.reporter.job_changed(change.name, "blocked", change.entry, message)
                         self._outcome(change, "uncertain", change.entry, message)
@@ -311,7 +332,7 @@ class Applier:
         if replay and previous is not None:
             attempt = previous.attempt or 1
             key = previous.idempotency_key or idempotency_key(fp.fingerprint, attempt)
-        elif change.action == "retry" and previous is not None:
+        elif change.action in ("retry", "blocked") and previous is not None:
             attempt = previous.attempt + 1
             key = idempotency_key(fp.fingerprint, attempt)
         else:
@@ -322,9 +343,10 @@ class Applier:
             fingerprint=fp.fingerprint,
             status="submitting",
             option=job.option,
-            finetune_type=None if job.is_kontext else job.finetune_type,
-            images=len(job.images) or len(job.image_urls),
+            finetune_type=wire.sent_finetune_type(job),
+            images=wire.image_count(job),
             submitted_at=utcnow(),
+            api=self.api,
             attempt=attempt,
             idempotency_key=key,
             inputs=fp.inputs,
@@ -340,7 +362,9 @@ class Applier:
                     with anyio.CancelScope(shield=True) as scope:
                         self._post_scopes.add(scope)
                         try:
-                            result = await self.client.submit(job, key)
+                            result = await self.client.submit(
+                                job, key, replay_for=self.settings.job_timeout
+                            )
                         finally:
                             self._post_scopes.discard(scope)
                     if scope.cancelled_caught:
@@ -351,8 +375,17 @@ class Applier:
                 self._record(change, previous, exc.message)  # nothing started: as it was
                 self._outcome(change, "skipped", previous, exc.message)
                 return None
+            except Unreachable as exc:
+                # Nothing reached the server: the job is as it was, and nothing was paid.
+                message = f"not submitted: {exc.message}"
+                self._record(change, previous, message)
+                self._outcome(change, "skipped", previous, message)
+                return None
             except Uncertain as exc:
-                entry = base.evolve(status="uncertain", error={"status": exc.status, "message": exc.message})
+                entry = base.evolve(
+                    status="uncertain", answer=exc.answer,
+                    error={"status": exc.status, "message": exc.message},
+                )
                 self._record(change, entry, exc.message)
                 self._outcome(change, "uncertain", entry, exc.message)
                 return entry
@@ -363,13 +396,12 @@ class Applier:
                     self._record(change, previous, exc.message)
                     self._outcome(change, "skipped", previous, exc.message)
                     return None
-                if exc.status == 0 and not isinstance(exc, Uncertain):
-                    # Connect errors after every retry: nothing reached the server.
-                    entry = base.evolve(status="failed", error={"status": 0, "message": exc.message})
-                else:
-                    entry = base.evolve(status="failed", error={"status": exc.status, "message": exc.message})
-                self._record(change, entry, exc.message)
-                self._outcome(change, "failed", entry, exc.message)
+                message = exc.message
+                if exc.status == 413:
+                    message += " (the upload is larger than the API accepts; set upload.max_side to send smaller images)"
+                entry = base.evolve(status="failed", error={"status": exc.status, "message": message})
+                self._record(change, entry, message)
+                self._outcome(change, "failed", entry, message)
                 return entry
             except OSError as exc:
                 message = f"cannot read image {exc.filename or ''}: {exc.strerror or exc}"
@@ -377,14 +409,23 @@ class Applier:
                 self._record(change, entry, message)
                 self._outcome(change, "failed", entry, message)
                 return entry
-            if not result.trigger_word:
-                message = "the API accepted the job but its answer had no trigger word"
-                entry = base.evolve(status="uncertain", asset_id=result.asset_id,
-                                    error={"status": 200, "message": message})
+            submitted = result.submitted
+            made_by = "sandbox" if submitted.app_name == "sandbox" else self.api
+            if not submitted.trigger_word:
+                message = (
+                    "the API accepted the job (and may have charged for it) but no trigger word "
+                    "could be read from its answer; the answer is kept in the lockfile: please "
+                    "send it to the runner maintainers"
+                )
+                entry = base.evolve(status="uncertain", asset_id=submitted.asset_id, api=made_by,
+                                    answer=submitted.raw, error={"status": 200, "message": message})
                 self._record(change, entry, message)
                 self._outcome(change, "uncertain", entry, message)
                 return entry
-            entry = base.evolve(status="training", trigger_word=result.trigger_word, asset_id=result.asset_id)
+            if submitted.found_at != "data.trigger_word":
+                log.info("trigger word read", found_at=submitted.found_at)
+            entry = base.evolve(status="training", trigger_word=submitted.trigger_word,
+                                asset_id=submitted.asset_id, api=made_by)
             self._record(change, entry)
             return entry
 
@@ -396,14 +437,15 @@ class Applier:
         with structlog.contextvars.bound_contextvars(job=change.name, action=change.action):
             # Learned times apply to trainings timed from their 200 in this run; a resumed
             # one's age is unknown, so it polls on the plain back-off (and may be done: ask).
-            shape = shape_of(change.job.job) if just_submitted and change.job is not None else None
+            shape = wire.shape(change.job.job) if just_submitted and change.job is not None else None
             if shape is not None:
                 # A training that has just started cannot have ended: asking now only
                 # spends a request of the rate limit.
                 first = self.training_times.first_poll(shape, base)
                 await anyio.sleep(min(first, max(0.0, deadline - self.clock())))
+            unreadable = 0
             while True:
-                status = None
+                status: wire.Status | wire.Unreadable | None = None
                 try:
                     # Retries back off inside status(); job_timeout still bounds the wait.
                     with anyio.move_on_after(max(0.0, deadline - self.clock())):
@@ -415,17 +457,37 @@ class Applier:
                         return
                     log.warning("status check failed; will ask again", error=exc.message, status=exc.status)
                 else:
+                    if isinstance(status, wire.Unreadable):
+                        unreadable += 1
+                        if unreadable == 1:
+                            log.warning("status answer not understood; asking again",
+                                        reason=status.reason, status=status.status)
+                        if unreadable >= MAX_UNREADABLE:
+                            message = (
+                                f"stopped following: {unreadable} status answers in a row could not "
+                                f"be read (last: {status.reason}); the trigger word is kept and the "
+                                "next apply asks again. The last answer is in the lockfile: please "
+                                "send it to the runner maintainers"
+                            )
+                            kept = entry.evolve(answer=status.raw,
+                                                error={"status": status.status, "message": message})
+                            self._record(change, kept, message)
+                            self._outcome(change, "training", kept, message)
+                            return
+                    else:
+                        unreadable = 0
                     # status is None when job_timeout ran out mid-retry: reported below.
-                    if status is not None and status.state == "succeeded":
+                    if isinstance(status, wire.Status) and status.state == "succeeded":
                         done = entry.evolve(
-                            status="succeeded", results=status.results, finished_at=utcnow(), error=None
+                            status="succeeded", results=status.results, finished_at=utcnow(),
+                            error=None, answer=None,
                         )
                         self._record(change, done)
                         self._outcome(change, "succeeded", done)
                         if shape is not None:
                             self.training_times.seen(shape, self.clock() - started)
                         return
-                    elif status is not None and status.state == "failed":
+                    elif isinstance(status, wire.Status) and status.state == "failed":
                         message = status.message or "training failed"
                         failed = entry.evolve(
                             status="failed", finished_at=utcnow(),
@@ -445,5 +507,16 @@ class Applier:
                     delay = self.training_times.next_poll(shape, base, waited)
                 else:
                     delay = poll_delay(base, waited)
+                if unreadable:
+                    delay = base  # five quick looks, not five back-offs, before giving up
                 await anyio.sleep(min(delay, remaining))
+
+
+def _lost_answer(entry: LockEntry | None) -> bool:
+    """An uncertain entry whose POST answer never arrived (the one a same-key replay can
+    recover), as opposed to one whose answer arrived and could not be read (kept in it)."""
+    if entry is None or entry.status != "uncertain":
+        return True
+    status = (entry.error or {}).get("status")
+    return not (isinstance(status, int) and 200 <= status < 300)
 

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from runner import images as imagefiles
+from runner import wire
 from runner.diagnostics import Diagnostic, Severity, format_path
 from runner.models import FINETUNE_TYPES, KONTEXT, OPTIONS, ApiSettings, Job
 from runner.yamlload import Document, PathPart
@@ -231,14 +232,14 @@ class Checker:
                 "pairs are only for FluxKontextFinetune jobs; set option: FluxKontextFinetune",
                 at_key=True,
             )
-        if kontext and "finetune_type" in job:
+        if not wire.uses_finetune_type(option) and "finetune_type" in job:
             self.report(
                 (*here, "finetune_type"),
                 "finetune_type is ignored for FluxKontextFinetune jobs",
                 severity="warning",
                 at_key=True,
             )
-        if not kontext and "prompt" in job and option in OPTIONS:
+        if not wire.uses_prompt(option) and "prompt" in job and option in OPTIONS:
             self.report(
                 (*here, "prompt"),
                 f"prompt is only used by FluxKontextFinetune jobs; ignored for {option}",

@@ -1,15 +1,24 @@
-"""The finetune API client: one method per endpoint, and the only importer of httpx errors.
+"""The finetune API client: transport, retries and the rate limit; the only importer of httpx.
 
-Everything above this module speaks ``ApiError`` / ``InsufficientCredit`` / ``Uncertain``.
-What the public docs leave open (status strings, where the trigger word sits, the shape of
-an unfinished status answer) is read tolerantly in ``parse_submit`` and ``parse_status``:
-one place to edit when the live service turns out to differ.
+What a request carries and what an answer means is ``runner.wire``'s business; this module
+sends, retries and translates httpx's exceptions at one boundary, so everything above it
+speaks ``ApiError`` and its subclasses::
 
-Retry rules (DESIGN section 6): connect errors, 429, 502, 503, 504 are retried with
-exponential backoff and jitter; a 429's Retry-After pauses the whole token bucket. A POST
-whose request may have reached the server but whose answer was lost is only retried when the
-API has shown it honours ``Idempotency-Key`` (it echoes the header back); otherwise it
-raises ``Uncertain`` and the job waits for ``--resubmit-uncertain``.
+    ApiError                 an answer (status) or no answer (status 0)
+    ├── InsufficientCredit   402
+    ├── Uncertain            a POST that may have started a paid training; its answer lost
+    ├── Unreachable          nothing reached the server (name, refused, TLS, timeout)
+    └── Transient            internal: worth another try (kept inside the retry loops)
+
+Retry rules (DESIGN section 6):
+- A request that never reached the server (name resolution, refused, TLS, connect timeout)
+  and a 429 are retried with exponential backoff and jitter; a 429's Retry-After pauses the
+  whole token bucket.
+- A status request is also retried on 5xx and lost answers (a GET changes nothing).
+- A POST answered with a 5xx, or whose answer was lost, may have started a paid training (a
+  gateway answers 504 after the service began). It is ``Uncertain``, unless the API is known
+  to honour ``Idempotency-Key`` (its answers echo the header): then it is replayed under the
+  same key, with backoff, until the job's own time runs out.
 """
 
 from __future__ import annotations
@@ -17,15 +26,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+import socket
+import ssl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any
+from urllib.parse import quote, urlsplit
 
+import anyio
 import httpx
 import stamina
 
-from runner import __version__, logsetup
+from runner import __version__, logsetup, wire
 from runner.errors import ApiError, InsufficientCredit
 from runner.images import open_regular
 from runner.models import Job
@@ -33,25 +47,44 @@ from runner.ratelimit import TokenBucket
 
 log = logsetup.get_logger("runner.client")
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-SUCCESS_WORDS = frozenset({"success", "succeeded", "completed", "complete", "done", "finished"})
-FAILURE_WORDS = frozenset({"fail", "failed", "failure", "error", "cancel", "canceled", "cancelled"})
-RUNNING_WORDS = frozenset(
-    {"queue_bullet", "processing_bullet", "queued", "queue", "processing", "pending",
-     "running", "training", "starting", "in_progress", "submitted"}
-)
+REACH_BUDGET = 25.0  # seconds to decide that an endpoint cannot be reached at all
+REACH_TIMEOUT = httpx.Timeout(connect=8.0, read=10.0, write=10.0, pool=10.0)
+DOCTOR_PREFIX = "runner-doctor-"
 
 
 class Transient(ApiError):
-    """Worth retrying: the server was busy or unreachable and did nothing."""
+    """Worth another try: the server was busy, or the answer of a safe request was lost."""
+
+
+class NotReached(Transient):
+    """The request never reached the server: nothing can have happened there."""
+
+
+class Busy(Transient):
+    """429: the server refused the request before doing anything."""
+
+
+class Replayable(Transient):
+    """A POST whose answer was lost (or was a 5xx) at an API that honours Idempotency-Key:
+    replaying it under the same key cannot pay twice."""
+
+    def __init__(self, message: str, *, status: int = 0, job: str | None = None,
+                 answer: str | None = None) -> None:
+        super().__init__(message, status=status, job=job)
+        self.answer = answer
 
 
 class Uncertain(ApiError):
-    """The POST may have reached the server, and its answer was lost."""
+    """The POST may have started a paid training, and we cannot know: never retried blindly."""
+
+    def __init__(self, message: str, *, status: int = 0, job: str | None = None,
+                 answer: str | None = None) -> None:
+        super().__init__(message, status=status, job=job)
+        self.answer = answer
 
 
-class BadAnswer(ApiError):
-    """A 2xx whose body we cannot understand."""
+class Unreachable(ApiError):
+    """The endpoint could not be reached at all; ``message`` names the host and the cause."""
 
 
 def idempotency_key(fingerprint: str, attempt: int) -> str:
@@ -61,110 +94,76 @@ def idempotency_key(fingerprint: str, attempt: int) -> str:
 
 
 @dataclass(frozen=True)
-class SubmitResult:
-    trigger_word: str | None
-    asset_id: str | None
-    status: str | None
-    key_echoed: bool
+class Answer:
+    """One HTTP answer, body read in full (up to ``wire.MAX_ANSWER_BYTES`` and a chunk)."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def message(self) -> str:
+        return wire.error_message(self.body, f"HTTP {self.status}")
 
 
 @dataclass(frozen=True)
-class StatusResult:
-    state: Literal["running", "succeeded", "failed"]
-    raw_status: str | None
-    results: tuple[str, ...] = ()
-    thumbnails: tuple[str, ...] = ()
-    message: str | None = None
+class SubmitResult:
+    submitted: wire.Submitted
+    key_echoed: bool
+
+    @property
+    def trigger_word(self) -> str | None:
+        return self.submitted.trigger_word
+
+    @property
+    def asset_id(self) -> str | None:
+        return self.submitted.asset_id
 
 
-def _urls(items: Any) -> tuple[str, ...]:
-    out: list[str] = []
-    if isinstance(items, list):
-        for item in items:
-            if isinstance(item, str):
-                out.append(item)
-            elif isinstance(item, dict):
-                url = item.get("URL") or item.get("url")
-                if isinstance(url, str):
-                    out.append(url)
-    return tuple(out)
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes and contexts, and the members of exception groups."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        for nxt in (current.__cause__, current.__context__):
+            if nxt is not None:
+                todo.append(nxt)
 
 
-def parse_submit(body: Any) -> tuple[str | None, str | None, str | None]:
-    """(trigger_word, asset_id, status) from a POST /finetune 200 answer."""
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict):
-        raise BadAnswer("the API's answer to POST /finetune has no 'data' object", status=200)
-    trigger = data.get("trigger_word")
-    if not isinstance(trigger, str) or not trigger:
-        args = data.get("args")
-        trigger = args.get("trigger_word") if isinstance(args, dict) else None
-    asset_id = data.get("id")
-    status = data.get("status")
-    return (
-        trigger if isinstance(trigger, str) and trigger else None,
-        str(asset_id) if asset_id is not None else None,
-        str(status) if status is not None else None,
-    )
+def describe_transport_error(exc: BaseException, host: str) -> str:
+    """Name the host and the cause in words a user can act on."""
+    causes = list(_causes(exc))
+    for cause in causes:
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve the host name {host} (name resolution failed: {cause.strerror or cause})"
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS: the certificate of {host} could not be verified ({cause.verify_message or cause.reason})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS handshake with {host} failed ({cause.reason or cause})"
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{host} refused the connection (nothing listens there)"
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) or any(
+        isinstance(c, TimeoutError) for c in causes
+    ):
+        return f"connecting to {host} timed out"
+    for cause in causes:
+        text = str(cause)
+        if "SSL" in text or "TLS" in text or "CERTIFICATE" in text:
+            return f"TLS with {host} failed ({text})"
+    return f"cannot connect to {host} ({type(exc).__name__}: {exc})"
 
 
-def parse_status(body: Any) -> StatusResult:
-    """Read a GET /finetune/{trigger_word} answer in any of the shapes we know of.
-
-    - ``{"data": [{"URL": ...}, ...]}`` (the documented example): completed, with samples.
-    - ``{"data": {"status": ..., "results": [...], "thumbnails": [...]}}``: the envelope.
-    Unknown status words are logged and treated as still running.
-    """
-    data = body.get("data") if isinstance(body, dict) else None
-    if isinstance(data, list):
-        return StatusResult("succeeded", "success", _urls(data))
-    if not isinstance(data, dict):
-        raise BadAnswer("the API's status answer has no 'data'", status=200)
-    raw = data.get("status")
-    word = str(raw).strip().lower() if raw is not None else ""
-    results = _urls(data.get("results"))
-    thumbs = _urls(data.get("thumbnails"))
-    if word in SUCCESS_WORDS:
-        return StatusResult("succeeded", str(raw), results, thumbs)
-    if word in FAILURE_WORDS:
-        message = data.get("message") or data.get("error") or f"training ended with status {raw}"
-        return StatusResult("failed", str(raw), results, thumbs, str(message))
-    if word not in RUNNING_WORDS:
-        log.warning("unknown status from the API; treating it as still running", status=raw)
-    return StatusResult("running", str(raw) if raw is not None else None, results, thumbs)
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        text = response.text.strip()
-        return text[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-        detail = body.get("detail")
-        if isinstance(detail, list):
-            parts = []
-            for item in detail[:5]:
-                if isinstance(item, dict):
-                    loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
-                    parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
-            if parts:
-                return "; ".join(parts)
-        if isinstance(detail, str):
-            return detail
-    return str(body)[:300]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+def _is_name_error(exc: BaseException) -> bool:
+    return any(isinstance(c, socket.gaierror) for c in _causes(exc))
 
 
 @dataclass
@@ -178,7 +177,10 @@ class RetryPolicy:
 
 @dataclass
 class ApiClient:
-    """Talks to one endpoint with one key. Create with ``async with ApiClient(...)``."""
+    """Talks to one endpoint with one key. Create with ``async with ApiClient(...)``.
+
+    ``trace``: a file to write every request and answer to (``--trace-http``).
+    """
 
     base_url: str
     api_key: str
@@ -187,19 +189,34 @@ class ApiClient:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     honours_idempotency: bool | None = None  # learnt from answers; None = not known yet
     requests_sent: int = 0
+    trace: Path | None = None
+    clock: Callable[[], float] = time.monotonic
     _http: httpx.AsyncClient | None = None
 
+    @property
+    def host(self) -> str:
+        parts = urlsplit(self.base_url)
+        return parts.netloc or self.base_url
+
     async def __aenter__(self) -> ApiClient:
+        # Certificates are loaded only for https: for the sandbox and other loopback http
+        # endpoints no TLS is ever spoken (redirects are not followed), and loading the CA
+        # bundle cost 50 ms of every apply's start-up.
+        verify = self.base_url.lower().startswith("https://")
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        transport = self.transport
+        if self.trace is not None:
+            from runner.trace import TraceTransport
+
+            inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
+            transport = TraceTransport(inner, self.trace)
         self._http = httpx.AsyncClient(
             base_url=self.base_url.rstrip("/"),
-            transport=self.transport,
+            transport=transport,
             headers={"User-Agent": f"runner/{__version__}"},
             timeout=httpx.Timeout(connect=15.0, read=120.0, write=300.0, pool=None),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            # Certificates are loaded only for https: for the sandbox and other loopback
-            # http endpoints no TLS is ever spoken (redirects are not followed), and loading
-            # the CA bundle cost 50 ms of every apply's start-up.
-            verify=self.base_url.lower().startswith("https://"),
+            limits=limits,
+            verify=verify,
         )
         return self
 
@@ -218,196 +235,296 @@ class ApiClient:
             headers["Idempotency-Key"] = key
         return headers
 
-    def _retrying(self, on: Callable[[Exception], bool | float]) -> Any:
-        """One retry policy for every call: exponential backoff with jitter, capped."""
-        return stamina.retry_context(
-            on=on,
-            attempts=self.retry.attempts,
-            timeout=self.retry.timeout,
-            wait_initial=self.retry.wait_initial,
-            wait_max=self.retry.wait_max,
-            wait_jitter=self.retry.wait_jitter,
-        )
+    # ----- one exchange ------------------------------------------------------------------
 
-    def _backoff(self, exc: Exception) -> bool | float:
-        if isinstance(exc, Transient):
-            if exc.retry_after is not None:
-                return max(exc.retry_after, 0.05)
-            return True
-        return False
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        job: Job | None = None,
+        fields: list[tuple[str, str]] | None = None,
+        key: str | None = None,
+        timeout: httpx.Timeout | None = None,
+        job_name: str | None = None,
+    ) -> Answer:
+        """Send one request and read its whole answer.
 
-    def _learn(self, response: httpx.Response, key: str | None) -> bool:
-        echoed = bool(key) and response.headers.get("Idempotency-Key") == key
-        if key and (echoed or response.status_code < 500):
-            # An answer that came from the application itself tells us whether it honours keys.
+        Raises ``NotReached`` when nothing reached the server, ``Transient`` (status 0)
+        when the request may have arrived but its answer was lost.
+        """
+        await self.bucket.acquire()
+        self.requests_sent += 1
+        with contextlib.ExitStack() as stack:
+            files: list[tuple[str, Any]] | None = None
+            extensions: dict[str, Any] = {}
+            if job is not None:
+                # Always multipart/form-data, as documented, also for URL-only jobs: text
+                # fields as parts without a file name, then every image streamed from disk.
+                fields = wire.form_fields(job)
+                parts = wire.file_parts(job)
+                files = [(name, (None, value)) for name, value in fields]
+                for part in parts:
+                    fh = stack.enter_context(open_regular(part.path))
+                    files.append(("image_files", (part.filename, fh, part.mime)))
+                extensions["runner.form"] = {
+                    "fields": fields,
+                    "files": [{"field": "image_files", "filename": p.filename, "path": str(p.path)}
+                              for p in parts],
+                }
+            elif fields is not None:
+                files = [(name, (None, value)) for name, value in fields]
+            request = self.http.build_request(
+                method, path, files=files, headers=self._headers(key),
+                extensions=extensions or None,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            try:
+                response = await self.http.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise NotReached(describe_transport_error(exc, self.host), job=job_name) from exc
+            except httpx.TransportError as exc:
+                raise Transient(
+                    f"the answer from {self.host} was lost ({type(exc).__name__})", job=job_name
+                ) from exc
+            try:
+                body = await _read_capped(response)
+            except httpx.TransportError as exc:
+                raise Transient(
+                    f"the answer from {self.host} was cut off ({type(exc).__name__})", job=job_name
+                ) from exc
+            finally:
+                await response.aclose()
+        return Answer(response.status_code, response.headers, body)
+
+    def _learn(self, answer: Answer, key: str | None) -> bool:
+        """Whether this answer echoed our key; an answer from the application itself tells
+        us whether the API honours keys at all."""
+        echoed = bool(key) and answer.headers.get("Idempotency-Key") == key
+        if key:
             if echoed:
                 self.honours_idempotency = True
-            elif self.honours_idempotency is None and response.status_code < 429:
+            elif self.honours_idempotency is None and answer.status < 429:
                 self.honours_idempotency = False
         return echoed
 
-    def _raise_for(self, response: httpx.Response, job: str | None) -> None:
-        status = response.status_code
-        if status < 400:
-            return
-        message = _error_message(response)
-        if status == 402:
-            raise InsufficientCredit(f"insufficient credit: {message}", status=402, job=job)
-        if status in RETRY_STATUSES:
-            retry_after = _retry_after(response)
-            if status == 429:
-                self.bucket.pause(retry_after if retry_after is not None else 1.0)
-            raise Transient(f"HTTP {status}: {message}", status=status, job=job, retry_after=retry_after)
-        raise ApiError(message, status=status, job=job)
+    def _busy(self, answer: Answer, job: str | None) -> Busy:
+        retry_after = _retry_after(answer)
+        self.bucket.pause(retry_after if retry_after is not None else 1.0)
+        return Busy(f"HTTP 429: {answer.message}", status=429, job=job, retry_after=retry_after)
 
-    # ----- POST /finetune ---------------------------------------------------------------
+    def _refusal(self, answer: Answer, job: str | None) -> ApiError:
+        if answer.status == 402:
+            return InsufficientCredit(f"insufficient credit: {answer.message}", status=402, job=job)
+        if answer.status in (301, 302, 303, 307, 308):
+            where = answer.headers.get("Location", "elsewhere")
+            return ApiError(
+                f"HTTP {answer.status}: {self.host} redirects to {where}; set api.endpoint to the final URL",
+                status=answer.status, job=job,
+            )
+        return ApiError(answer.message, status=answer.status, job=job)
 
-    async def submit(self, job: Job, key: str) -> SubmitResult:
-        """POST the job; retried per the rules above.
+    # ----- reachability ------------------------------------------------------------------
 
-        If any attempt may have reached the server (its answer was lost) and the retries
-        run out, the outcome is ``Uncertain``, never a failure: a failure would be retried
-        under a new key and could pay twice.
+    async def reach(self, budget: float = REACH_BUDGET) -> Answer:
+        """A free status request for a trigger word that cannot exist.
+
+        Proves name resolution, connection, TLS and the key within ``budget`` seconds;
+        raises ``Unreachable`` (naming the host and the cause) or ``ApiError`` 401/403.
         """
-        maybe_sent: list[bool] = []
+        ref = DOCTOR_PREFIX + secrets.token_hex(6)
+        started = self.clock()
+        tries = 0
+        wait = 0.5
+        while True:
+            tries += 1
+            try:
+                answer = await self._send(
+                    "GET", f"/finetune/{ref}", timeout=REACH_TIMEOUT
+                )
+            except Transient as exc:
+                spent = self.clock() - started
+                last_try = (isinstance(exc, NotReached) and _is_name_error(exc) and tries >= 2)
+                if last_try or spent + wait > budget:
+                    raise Unreachable(
+                        f"cannot reach the API at {self.base_url}: {exc.message}"
+                        f" (tried {tries} times over {spent:.0f}s)"
+                    ) from exc
+                await anyio.sleep(wait)
+                wait = min(wait * 2, 8.0)
+                continue
+            if answer.status in (401, 403):
+                raise ApiError(
+                    f"the API refused the key (HTTP {answer.status}): {answer.message}",
+                    status=answer.status,
+                )
+            return answer
+
+    # ----- POST /finetune ------------------------------------------------------------------
+
+    async def submit(self, job: Job, key: str, *, replay_for: float = 3600.0) -> SubmitResult:
+        """POST the job once, retrying only what is safe (module docstring).
+
+        ``replay_for`` bounds the replays under an echoed key (the job's timeout).
+        Raises ``Uncertain`` when a training may have started and we cannot know,
+        ``Unreachable`` when nothing reached the server, ``ApiError`` for a refusal.
+        """
+        started = self.clock()
+        counts = {"not_reached": 0, "replays": 0}
+
+        def on(exc: Exception) -> bool | float:
+            if isinstance(exc, NotReached):
+                counts["not_reached"] += 1
+                spent = self.clock() - started
+                return counts["not_reached"] < self.retry.attempts and spent < self.retry.timeout
+            if isinstance(exc, Busy):
+                return max(exc.retry_after, 0.05) if exc.retry_after is not None else True
+            if isinstance(exc, Replayable):
+                counts["replays"] += 1
+                return True
+            return False
+
         try:
-            async for attempt in self._retrying(self._backoff):
+            async for attempt in stamina.retry_context(
+                on=on, attempts=None, timeout=max(1.0, replay_for),
+                wait_initial=self.retry.wait_initial, wait_max=self.retry.wait_max,
+                wait_jitter=self.retry.wait_jitter,
+            ):
                 with attempt:
-                    return await self._submit_once(job, key, maybe_sent)
-        except Transient as exc:
-            if maybe_sent:
-                raise Uncertain(
-                    f"gave up replaying after lost answers: {exc.message}", status=exc.status, job=job.name
-                ) from exc
-            raise
+                    return await self._submit_once(job, key)
+        except Replayable as exc:
+            spent = self.clock() - started
+            raise Uncertain(
+                f"replayed {counts['replays']} times under the same Idempotency-Key over "
+                f"{spent:.0f}s without an answer ({exc.message})",
+                status=exc.status, job=job.name, answer=exc.answer,
+            ) from exc
+        except NotReached as exc:
+            raise Unreachable(exc.message, job=job.name) from exc
+        except Busy as exc:
+            raise Unreachable(f"{self.host} kept answering 429 (rate limited): {exc.message}",
+                              status=429, job=job.name) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _submit_once(self, job: Job, key: str, maybe_sent: list[bool]) -> SubmitResult:
-        await self.bucket.acquire()
-        with _open_files(job.images) as files:
-            data: dict[str, Any] = {
-                "option": job.option,
-                "lora_prefix": job.lora_prefix,
-                "num_iterations": str(job.num_iterations),
-            }
-            if not job.is_kontext:
-                data["finetune_type"] = job.finetune_type
-            if job.prompt is not None and job.is_kontext:
-                data["prompt"] = job.prompt
-            if job.webhook_url:
-                data["webhook_url"] = job.webhook_url
-            if job.image_urls and not job.images:
-                data["image_urls"] = list(job.image_urls)
-            self.requests_sent += 1
-            try:
-                response = await self.http.post(
-                    "/finetune", data=data, files=files, headers=self._headers(key)
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                raise Transient(f"cannot connect to the API: {type(exc).__name__}", job=job.name) from exc
-            except httpx.TransportError as exc:
-                if self.honours_idempotency:
-                    maybe_sent.append(True)
-                    raise Transient(
-                        f"answer lost ({type(exc).__name__}); replaying with the same Idempotency-Key",
-                        job=job.name,
-                    ) from exc
-                raise Uncertain(
-                    f"the request was sent but its answer was lost ({type(exc).__name__})",
-                    job=job.name,
-                ) from exc
-        echoed = self._learn(response, key)
-        if response.status_code >= 500 and response.status_code not in RETRY_STATUSES:
+    async def _submit_once(self, job: Job, key: str) -> SubmitResult:
+        try:
+            answer = await self._send("POST", "/finetune", job=job, key=key, job_name=job.name)
+        except NotReached:
+            raise
+        except Transient as exc:
+            # Sent, perhaps in full, and no answer: the training may have started.
             if self.honours_idempotency:
-                maybe_sent.append(True)
-                raise Transient(f"HTTP {response.status_code}: {_error_message(response)}",
-                                status=response.status_code, job=job.name)
+                raise Replayable(exc.message, job=job.name) from exc
             raise Uncertain(
-                f"HTTP {response.status_code} after the request was sent: {_error_message(response)}",
-                status=response.status_code,
-                job=job.name,
+                f"the request was sent but its answer was lost: {exc.message}", job=job.name
+            ) from exc
+        echoed = self._learn(answer, key)
+        if answer.status == 429:
+            raise self._busy(answer, job.name)
+        if answer.status >= 500:
+            text = wire.answer_text(answer.body) if answer.body else None
+            if self.honours_idempotency:
+                raise Replayable(f"HTTP {answer.status}: {answer.message}", status=answer.status,
+                                 job=job.name, answer=text)
+            raise Uncertain(
+                f"HTTP {answer.status} after the request was sent ({answer.message}); "
+                "the API may have started the training",
+                status=answer.status, job=job.name, answer=text,
             )
-        self._raise_for(response, job.name)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise Uncertain("the API's 200 answer was not JSON", status=200, job=job.name) from exc
-        try:
-            trigger, asset_id, status = parse_submit(body)
-        except BadAnswer as exc:
-            raise Uncertain(exc.message, status=200, job=job.name) from exc
-        return SubmitResult(trigger, asset_id, status, echoed)
+        if answer.status >= 300:
+            raise self._refusal(answer, job.name)
+        return SubmitResult(wire.read_submit(answer.body, job.lora_prefix), echoed)
 
     async def probe_idempotency(self) -> bool:
         """Learn, for free, whether the API honours Idempotency-Key.
 
-        Sends a POST that cannot start a training (no images, an unknown option) with a
-        throwaway key; the API answers 4xx, echoing the key only if it honours keys.
+        Sends a POST that cannot start a training (no images, an unknown option, a
+        non-number for num_iterations) with a throwaway key; the API refuses it with a 4xx,
+        echoing the key only if it honours keys. Anything else (5xx, lost) teaches nothing:
+        keys are then not trusted, so a lost answer stays uncertain.
         """
         if self.honours_idempotency is not None:
             return self.honours_idempotency
         key = "runner-probe-" + secrets.token_hex(8)
-        async for attempt in self._retrying(self._backoff):
-            with attempt:
-                await self.bucket.acquire()
-                self.requests_sent += 1
-                try:
-                    response = await self.http.post(
-                        "/finetune",
-                        data={"option": "runner-idempotency-probe", "num_iterations": "not-a-number"},
-                        headers=self._headers(key),
-                    )
-                except httpx.TransportError as exc:
-                    raise Transient(f"idempotency probe: {type(exc).__name__}") from exc
-                if response.status_code in RETRY_STATUSES or response.status_code >= 500:
-                    raise Transient(f"idempotency probe: HTTP {response.status_code}",
-                                    status=response.status_code, retry_after=_retry_after(response))
-                if response.status_code in (401, 403):
-                    self._raise_for(response, None)
-                self.honours_idempotency = response.headers.get("Idempotency-Key") == key
-        return bool(self.honours_idempotency)
+        fields = [("option", "runner-idempotency-probe"), ("num_iterations", "not-a-number")]
+        for _ in range(3):
+            try:
+                answer = await self._send("POST", "/finetune", fields=fields, key=key)
+            except Transient as exc:
+                log.debug("idempotency probe got no answer", error=exc.message)
+                continue
+            if answer.status == 429:
+                self._busy(answer, None)
+                continue
+            if answer.status in (401, 403):
+                raise self._refusal(answer, None)
+            if 400 <= answer.status < 500:
+                self.honours_idempotency = answer.headers.get("Idempotency-Key") == key
+                return self.honours_idempotency
+            if answer.headers.get("Idempotency-Key") == key:
+                self.honours_idempotency = True
+                return True
+            log.warning("unexpected answer to the idempotency probe", status=answer.status)
+            break
+        return False
 
-    # ----- GET /finetune/{trigger_word} --------------------------------------------------
+    # ----- GET /finetune/{trigger_word} ----------------------------------------------------
 
-    async def status(self, trigger_word: str, *, job: str | None = None) -> StatusResult:
-        async for attempt in self._retrying(lambda exc: isinstance(exc, BadAnswer) or self._backoff(exc)):
+    async def status(self, ref: str, *, job: str | None = None) -> wire.Status | wire.Unreadable:
+        """Ask about one training. 5xx, 429 and lost answers are retried per the policy and
+        then raised as ``Transient``; 401/403 raise ``ApiError``; any other answer is read
+        by ``wire`` (a 4xx is ``Unreadable``: a status we do not understand)."""
+        async for attempt in stamina.retry_context(
+            on=lambda exc: _transient_wait(exc),
+            attempts=self.retry.attempts, timeout=self.retry.timeout,
+            wait_initial=self.retry.wait_initial, wait_max=self.retry.wait_max,
+            wait_jitter=self.retry.wait_jitter,
+        ):
             with attempt:
-                return await self._status_once(trigger_word, job)
+                return await self._status_once(ref, job)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _status_once(self, trigger_word: str, job: str | None) -> StatusResult:
-        await self.bucket.acquire()
-        self.requests_sent += 1
-        try:
-            response = await self.http.get(f"/finetune/{trigger_word}", headers=self._headers())
-        except httpx.TransportError as exc:
-            # A GET changes nothing: any transport failure is safe to retry.
-            raise Transient(f"status request failed: {type(exc).__name__}", job=job) from exc
-        if response.status_code >= 500 and response.status_code not in RETRY_STATUSES:
-            raise Transient(f"HTTP {response.status_code}", status=response.status_code, job=job)
-        self._raise_for(response, job)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise BadAnswer("status answer was not JSON", status=200, job=job) from exc
-        return parse_status(body)
+    async def _status_once(self, ref: str, job: str | None) -> wire.Status | wire.Unreadable:
+        answer = await self._send("GET", f"/finetune/{quote(ref, safe='')}", job_name=job)
+        if answer.status == 429:
+            raise self._busy(answer, job)
+        if answer.status >= 500:
+            raise Transient(f"HTTP {answer.status}: {answer.message}", status=answer.status, job=job)
+        if answer.status in (401, 403):
+            raise ApiError(f"the API refused the key (HTTP {answer.status}): {answer.message}",
+                           status=answer.status, job=job)
+        if answer.status >= 300:
+            return wire.Unreadable(f"HTTP {answer.status}: {answer.message}",
+                                   wire.answer_text(answer.body), answer.status)
+        return wire.read_status(answer.body)
 
 
-@contextlib.contextmanager
-def _open_files(paths: tuple[Path, ...]) -> Iterator[list[tuple[str, tuple[str, BinaryIO, str]]]]:
-    """Open every image for streaming; httpx reads them in chunks, so memory stays flat."""
-    with contextlib.ExitStack() as stack:
-        files = []
-        for path in paths:
-            fh = stack.enter_context(open_regular(path))
-            files.append(("image_files", (path.name, fh, _mime(path))))
-        yield files
+def _transient_wait(exc: Exception) -> bool | float:
+    if isinstance(exc, Transient):
+        if exc.retry_after is not None:
+            return max(exc.retry_after, 0.05)
+        return True
+    return False
 
 
-def _mime(path: Path) -> str:
-    return {
-        ".png": "image/png",
-        ".webp": "image/webp",
-        ".jpg": "image/jpeg",
-        ".jpeg": "image/jpeg",
-    }.get(path.suffix.lower(), "application/octet-stream")
+def _retry_after(answer: Answer) -> float | None:
+    value = answer.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    """The body, but no more than ``wire.MAX_ANSWER_BYTES`` and one chunk: an answer larger
+    than that is unreadable anyway, and must not fill the memory of a CI runner."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > wire.MAX_ANSWER_BYTES:
+            break
+    return b"".join(chunks)

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from runner.images import open_regular
 from runner.models import Job
+from runner.wire import canonical_request
 
 CACHE_VERSION = 1
 _CHUNK = 1 << 20
@@ -189,24 +190,6 @@ def digest_files(
             cache.put(path, key, digest)
             result[str(path)] = digest
     return result
-
-
-def canonical_request(job: Job, digests: Mapping[str, str]) -> dict[str, Any]:
-    """The parts of a job's request that decide what gets trained, in a stable shape."""
-    canon: dict[str, Any] = {
-        "option": job.option,
-        "lora_prefix": job.lora_prefix,
-        "num_iterations": job.num_iterations,
-    }
-    if job.is_kontext:
-        canon["prompt"] = job.prompt or ""
-    else:
-        canon["finetune_type"] = job.finetune_type
-    if job.images:
-        canon["images"] = [digests[str(p)] for p in job.images]
-    else:
-        canon["image_urls"] = list(job.image_urls)
-    return canon
 
 
 def sha256_json(value: Any) -> str:

@@ -21,13 +21,11 @@ status checks alone would take 5 requests/s).
 
 from __future__ import annotations
 
-from runner.models import Job
+from runner.wire import Shape
 
 POLL_SHARE = 0.05  # wait at most this share of the time already waited...
 POLL_MAX_FACTOR = 6.0  # ...and never more than this many poll_intervals
 LEARNED_SHARE = 0.9  # first poll of a known shape: this share of the shortest one seen
-
-Shape = tuple[str, str | None, int, int]
 
 
 def poll_delay(poll_interval: float, waited: float) -> float:
@@ -39,15 +37,6 @@ def poll_delay(poll_interval: float, waited: float) -> float:
     """
     return min(max(poll_interval, waited * POLL_SHARE), poll_interval * POLL_MAX_FACTOR)
 
-
-def shape_of(job: Job) -> Shape:
-    """What decides a training's length at the API, as far as we can tell from outside."""
-    return (
-        job.option,
-        None if job.is_kontext else job.finetune_type,
-        len(job.images) or len(job.image_urls),
-        job.num_iterations,
-    )
 
 
 class TrainingTimes:

@@ -9,6 +9,7 @@ import os
 
 import anyio
 
+from runner import wire
 from runner.apply import utcnow
 from runner.client import ApiClient
 from runner.endpoint import connect
@@ -32,6 +33,8 @@ def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[s
             status = await client.status(entry.trigger_word, job=name)
         except ApiError:
             return  # shown as last known
+        if isinstance(status, wire.Unreadable):
+            return  # never read as success or failure: shown as last known
         if status.state == "succeeded":
             out[name] = entry.evolve(status="succeeded", results=status.results, finished_at=utcnow())
         elif status.state == "failed":

@@ -1,7 +1,9 @@
-"""The API client's tolerant parsing and retry rules, through httpx.MockTransport.
+"""The API client's retry rules and transport errors, through httpx.MockTransport and real
+sockets.
 
-These are unit tests of answer shapes the sandbox does not produce (the documented list of
-``{"URL": ...}``, unknown status words); the real sandbox is exercised end to end elsewhere.
+MockTransport stands for answers the sandbox does not give (a 504 with no key echoed, a
+status answer that is a 400); reading answers is tests/test_wire.py's, and the real
+sandbox is exercised end to end elsewhere.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from runner.client import ApiClient, RetryPolicy, Uncertain, idempotency_key, parse_status
+from runner import wire
+from runner.client import ApiClient, RetryPolicy, Uncertain, Unreachable, idempotency_key
 from runner.errors import ApiError, InsufficientCredit
 from runner.models import Job
 from runner.ratelimit import TokenBucket
@@ -34,16 +37,6 @@ def job(tmp_path: Path) -> Job:
     path = tmp_path / "a.png"
     Image.new("RGB", (8, 8), "red").save(path)
     return Job(name="a", lora_prefix="SNKR", images=(path,))
-
-
-def test_status_shapes() -> None:
-    """Documented list = succeeded; envelope words map; unknown words mean still running."""
-    assert parse_status({"data": [{"URL": "https://x/o.png"}]}).results == ("https://x/o.png",)
-    assert parse_status({"data": [{"URL": "https://x/o.png"}]}).state == "succeeded"
-    assert parse_status({"data": {"status": "success", "results": ["u"]}}).state == "succeeded"
-    assert parse_status({"data": {"status": "fail"}}).state == "failed"
-    assert parse_status({"data": {"status": "processing_bullet"}}).state == "running"
-    assert parse_status({"data": {"status": "warming_up"}}).state == "running"
 
 
 def test_submit_sends_key_and_reads_trigger_word_from_args(job: Job) -> None:
@@ -170,10 +163,118 @@ def test_https_endpoints_still_verify_certificates(tmp_path: Path, monkeypatch: 
             await client.status("X_1")
 
     try:
-        with pytest.raises(ApiError, match="ConnectError") as info:
+        with pytest.raises(ApiError, match="certificate of 127.0.0.1") as info:
             anyio.run(main)
         thread.join(10)
     finally:
         listener.close()
     assert seen and seen[0] != "handshake completed", seen
     assert "CERTIFICATE_VERIFY_FAILED" in str(info.value.__cause__), repr(info.value.__cause__)
+
+
+def test_a_5xx_to_a_post_is_uncertain_and_never_retried_without_echo(job: Job) -> None:
+    """504 after the request was sent may have started a paid training: one POST, Uncertain."""
+    calls: list[int] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(504, text="<html>Gateway Timeout</html>")
+
+    with pytest.raises(Uncertain) as info:
+        run_client(gateway, lambda c: c.submit(job, "k"))
+    assert len(calls) == 1 and info.value.status == 504
+    assert info.value.answer == "<html>Gateway Timeout</html>"
+
+
+def test_a_5xx_is_replayed_under_the_same_key_where_keys_are_echoed(job: Job) -> None:
+    """With an API that echoes the key, a 504 is replayed under that same key until a 200."""
+    keys: list[str] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        key = request.headers.get("Idempotency-Key", "")
+        keys.append(key)
+        if len(keys) < 4:
+            return httpx.Response(504, headers={"Idempotency-Key": key}, json={"message": "gw"})
+        return httpx.Response(200, headers={"Idempotency-Key": key}, json={"data": {"trigger_word": "SNKR_1"}})
+
+    assert run_client(flaky, lambda c: c.submit(job, "key-A")).trigger_word == "SNKR_1"
+    assert keys == ["key-A"] * 4
+
+
+def test_replays_end_when_the_job_time_runs_out(job: Job) -> None:
+    """Replays go on with backoff but stop at replay_for: then the job is Uncertain."""
+    def always(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, headers={"Idempotency-Key": request.headers["Idempotency-Key"]})
+
+    async def go(c: ApiClient) -> object:
+        c.honours_idempotency = True
+        return await c.submit(job, "k", replay_for=1.0)
+
+    with pytest.raises(Uncertain, match="replayed"):
+        run_client(always, go)
+
+
+def test_status_4xx_is_unreadable_and_5xx_is_retried() -> None:
+    """A 400 to a status request is an answer we do not understand; a 503 is asked again."""
+    got = run_client(lambda r: httpx.Response(400, json={"message": "unknown"}), lambda c: c.status("T_1"))
+    assert isinstance(got, wire.Unreadable) and got.status == 400 and "unknown" in got.reason
+    answers = [httpx.Response(503), httpx.Response(200, json={"data": []})]
+    got = run_client(lambda r: answers.pop(0), lambda c: c.status("T_1"))
+    assert isinstance(got, wire.Status) and got.state == "running"
+
+
+def test_status_path_quotes_the_trigger_word() -> None:
+    """A trigger word is one path segment, whatever it holds."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(200, json={"data": []})
+
+    run_client(handler, lambda c: c.status("A B?x"))
+    assert seen == ["/finetune/A%20B%3Fx"]
+
+
+def test_url_only_jobs_are_sent_as_multipart() -> None:
+    """Every job POST is multipart/form-data, also without files."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"data": {"trigger_word": "W_1"}})
+
+    job = Job(name="u", lora_prefix="W", image_urls=("https://e/a.jpg", "https://e/b.jpg"))
+    run_client(handler, lambda c: c.submit(job, "k"))
+    assert seen[0].headers["content-type"].startswith("multipart/form-data")
+    body = seen[0].read()
+    assert body.count(b'name="image_urls"') == 2 and b"https://e/b.jpg" in body
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        (f"http://127.0.0.1:{_closed_port()}", "refused the connection"),
+        ("https://runner-test.invalid", "cannot resolve the host name runner-test.invalid"),
+    ],
+)
+def test_reach_names_the_host_and_the_cause(url: str, words: str) -> None:
+    """An endpoint that cannot be reached is one Unreachable naming host and cause, fast."""
+    import time
+
+    async def main() -> None:
+        async with ApiClient(url, "k-123", TokenBucket(None)) as client:
+            await client.reach(budget=3.0)
+
+    started = time.monotonic()
+    with pytest.raises(Unreachable) as info:
+        anyio.run(main)
+    assert words in info.value.message and "k-123" not in info.value.message
+    assert time.monotonic() - started < 10

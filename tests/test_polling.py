@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.models import Job
-from runner.polling import TrainingTimes, poll_delay, shape_of
+from runner.polling import TrainingTimes, poll_delay
+from runner.wire import shape as shape_of
 
 
 def test_poll_delay_backs_off_in_proportion_and_is_capped() -> None:

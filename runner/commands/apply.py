@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 
@@ -78,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
     return worst(codes)
 
 
+def trace_path(args: argparse.Namespace) -> Path | None:
+    """``--trace-http FILE``, else ``RUNNER_TRACE_HTTP``: where every exchange is written."""
+    value = getattr(args, "trace_http", None) or os.environ.get("RUNNER_TRACE_HTTP")
+    return Path(value) if value else None
+
+
 def submissions_in(plan: Plan, args: argparse.Namespace) -> int:
     count = sum(1 for c in plan.changes if c.action in SUBMITTING_ACTIONS)
     if args.resubmit_uncertain:
@@ -118,7 +125,9 @@ def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
             if any(c.action in API_ACTIONS for c in plan.changes):
                 with connect(manifest, args.endpoint, os.environ) as conn:
                     log.info("endpoint", url=conn.url, embedded=conn.embedded)
-                    result = anyio.run(_run_online, plan, session, manifest, options, conn, reporter)
+                    result = anyio.run(
+                        _run_online, plan, session, manifest, options, conn, reporter, trace_path(args)
+                    )
             else:
                 # Only noops and orphans: no endpoint, key or sandbox needed.
                 applier = Applier(plan, session, None, manifest.api, options, reporter)
@@ -162,7 +171,11 @@ async def _run_online(
     options: ApplyOptions,
     conn: Connection,
     reporter: Reporter,
+    trace: Path | None = None,
 ) -> ApplyResult:
+    from runner.endpoint import api_identity
+
     bucket = TokenBucket(manifest.api.requests_per_second, manifest.api.burst)
-    async with ApiClient(conn.url, conn.api_key, bucket) as client:
-        return await Applier(plan, session, client, manifest.api, options, reporter).run()
+    api = "sandbox" if conn.embedded else api_identity(conn.url)
+    async with ApiClient(conn.url, conn.api_key, bucket, trace=trace) as client:
+        return await Applier(plan, session, client, manifest.api, options, reporter, api=api).run()
