@@ -125,13 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault-kinds",
         default=None,
         metavar="K,K",
-        help="comma-separated faults to inject: 500,502,503,drop,slow,lost_post (default: all)",
+        help=(
+            "comma-separated faults to inject: 500,502,503,drop,slow,lost_post,gateway_timeout"
+            " (default: all)"
+        ),
     )
     s.add_argument("--seed", type=int, default=None, metavar="N", help="seed the fault RNG")
     s.add_argument(
         "--no-idempotency",
         action="store_true",
         help="ignore Idempotency-Key and never echo it, like the real service",
+    )
+    s.add_argument(
+        "--dialect",
+        default="envelope",
+        metavar="D",
+        help='answer shapes: envelope (default), args, bare or opaque (README "The sandbox")',
     )
     return parser
 

@@ -93,7 +93,8 @@ def connect(
 
     train = float(environ.get("RUNNER_SANDBOX_TRAIN_SECONDS", DEFAULT_SANDBOX_TRAIN_SECONDS))
     state_dir = sandbox_state_dir(manifest.folder)
-    config = SandboxConfig(state_dir=state_dir, train_seconds=train)
+    dialect = environ.get("RUNNER_SANDBOX_DIALECT") or "envelope"
+    config = SandboxConfig(state_dir=state_dir, train_seconds=train, dialect=dialect)
     with start_server(config) as server:
         yield Connection(server.url, key, embedded=True)
 

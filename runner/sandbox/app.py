@@ -43,8 +43,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from runner.sandbox import training
-from runner.sandbox.config import SandboxConfig
+from runner.sandbox import dialects, training
+from runner.sandbox.config import POST_ONLY_FAULTS, SandboxConfig
 from runner.sandbox.faults import STATUS_KINDS, FaultInjector, RateLimiter
 from runner.sandbox.store import InsufficientCredit, Store
 from runner.sandbox.webhooks import WebhookSender
@@ -129,6 +129,32 @@ _FAILURES: dict[int | str, dict[str, Any]] = {
     400: {"model": FailureResponseModel, "description": "Bad Request"},
     402: {"model": FailureResponseModel, "description": "Insufficient Credit"},
 }
+# Answers the published document leaves out but the sandbox really gives (and the service
+# documents in prose, DESIGN section 1), so that a schema-driven client or fuzzer sees every
+# status it can get. 403 is never sent by the sandbox (any accepted key may do everything)
+# but is declared because the service documents it.
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Whole seconds to wait before the next request with this key.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+_UNDOCUMENTED: dict[int | str, dict[str, Any]] = {
+    401: {"model": FailureResponseModel, "description": "Missing or invalid X-Api-Key"},
+    403: {"model": FailureResponseModel, "description": "Forbidden"},
+    429: {
+        "model": FailureResponseModel,
+        "description": "Too Many Requests: above the key's rate limit",
+        "headers": _RETRY_AFTER,
+    },
+}
+_TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"model": FailureResponseModel, "description": "Upload larger than the limit"},
+}
+GATEWAY_TIMEOUT_MESSAGE = (
+    "sandbox fault injection: HTTP 504 Gateway Timeout (the request may have been processed)"
+)
 
 api_key_header = APIKeyHeader(name="X-Api-Key", auto_error=False)
 
@@ -281,7 +307,7 @@ class Sandbox:
             return
         if fault == "slow":
             await anyio.sleep(self.faults.slow_seconds())
-        if fault == "lost_post":
+        if fault in POST_ONLY_FAULTS:
             # Only a training that was created has an answer worth losing; a refused POST
             # (4xx, such as a client's free probe) is answered as usual.
             held: list[Message] = []
@@ -290,9 +316,18 @@ class Sandbox:
                 held.append(message)
 
             await app(scope, receive, hold)
-            status = held[0].get("status", 500) if held else 500
-            if 200 <= status < 300:
+            start = held[0] if held else {}
+            status = start.get("status", 500)
+            replayed = any(
+                name.lower() == b"idempotent-replayed" for name, _ in start.get("headers", [])
+            )
+            if 200 <= status < 300 and fault == "lost_post":
                 await _drop(raw_send)
+                return
+            if 200 <= status < 300 and not replayed:
+                # gateway_timeout. A replay created nothing, so it gets its stored 200:
+                # that is how a client recovers the trigger word behind a 504.
+                await _message(504, GATEWAY_TIMEOUT_MESSAGE)(scope, receive, send)
                 return
             for message in held:
                 await send(message)
@@ -628,6 +663,8 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
                 "content": {"application/json": {"example": POST_EXAMPLE}},
             },
             **_FAILURES,
+            **_UNDOCUMENTED,
+            **_TOO_LARGE,
         },
     )
     async def finetune_flux(
@@ -739,6 +776,7 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
                 "content": {"application/json": {"example": GET_EXAMPLE}},
             },
             **_FAILURES,
+            **_UNDOCUMENTED,
         },
     )
     async def finetune_flux_status(
@@ -750,9 +788,12 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
         sandbox.status_checks[account] = sandbox.status_checks.get(account, 0) + 1
         asset = sandbox.store.get_asset(account, trigger_word)
         if asset is None:
-            return _message(404, f"no finetune {trigger_word!r} for this API key")
-        asset = training.advance(sandbox.store, asset, sandbox.clock())
-        return JSONResponse(training.envelope(asset, str(request.base_url)))
+            # 400, not 404: the route documents 400 (and no 404) for a bad request.
+            return _message(400, f"no finetune {trigger_word!r} for this API key")
+        now = sandbox.clock()
+        asset = training.advance(sandbox.store, asset, now)
+        body = dialects.status_answer(config.dialect, asset, str(request.base_url), now)
+        return JSONResponse(body)
 
     @app.get("/_sandbox/ledger", include_in_schema=False)
     async def sandbox_ledger(request: Request) -> dict[str, Any]:
@@ -822,7 +863,8 @@ async def _start_training(
     except InsufficientCredit as exc:
         shutil.rmtree(folder, ignore_errors=True)
         return _message(402, f"Insufficient credit: this key has {exc.args[0]} credits left")
-    body = json.dumps(training.envelope(asset, str(request.base_url))).encode()
+    answer = dialects.post_answer(config.dialect, asset, str(request.base_url))
+    body = json.dumps(answer).encode()
     if idem:
         store.put_idempotent(account, idem, request_hash, 200, body, now)
     return Response(body, media_type="application/json")

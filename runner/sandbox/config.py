@@ -13,7 +13,13 @@ from pathlib import Path
 
 from runner.errors import UsageError
 
-FAULT_KINDS: tuple[str, ...] = ("500", "502", "503", "drop", "slow", "lost_post")
+FAULT_KINDS: tuple[str, ...] = (
+    "500", "502", "503", "drop", "slow", "lost_post", "gateway_timeout"
+)  # fmt: skip
+# Faults that only a POST /finetune can draw: they need a training to be created first.
+POST_ONLY_FAULTS: tuple[str, ...] = ("lost_post", "gateway_timeout")
+# The answer shapes the sandbox can speak (DESIGN section 7; README "The sandbox").
+DIALECTS: tuple[str, ...] = ("envelope", "args", "bare", "opaque")
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 
 
@@ -23,7 +29,8 @@ class SandboxConfig:
 
     ``credits=None`` means unlimited; ``rate_limit=None`` turns the limiter off; an empty
     ``api_keys`` accepts any non-empty ``X-Api-Key``, each key being its own account.
-    ``seed`` makes fault injection reproducible for tests.
+    ``seed`` makes fault injection reproducible for tests. ``dialect`` picks the shapes of
+    the POST and status answers (one of ``DIALECTS``; see ``runner.sandbox.dialects``).
     """
 
     state_dir: Path
@@ -40,6 +47,7 @@ class SandboxConfig:
     # False mimics the real service, which has no idempotency keys: the header is ignored
     # and never echoed, so clients must treat a lost POST answer as uncertain.
     idempotency: bool = True
+    dialect: str = "envelope"
     # Webhook retry schedule: first retry after this many seconds, doubling each time.
     webhook_backoff: float = field(default=0.5, repr=False)
     webhook_attempts: int = field(default=6, repr=False)
@@ -73,6 +81,8 @@ class SandboxConfig:
             out.append(
                 f"unknown fault kind(s) {', '.join(unknown)}; choose from {', '.join(FAULT_KINDS)}"
             )
+        if self.dialect not in DIALECTS:
+            out.append(f"unknown dialect {self.dialect!r}; choose from {', '.join(DIALECTS)}")
         if not self.fault_kinds:
             out.append("--fault-kinds needs at least one kind")
         if any(not k or k != k.strip() for k in self.api_keys):

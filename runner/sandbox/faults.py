@@ -11,6 +11,14 @@ Kinds (``--fault-kinds``, any mix; each hit picks one uniformly among those that
   ``--fault-delay`` seconds.
 - ``lost_post``: POST /finetune only. The training is created and charged, then the
   connection is closed instead of answering: the client's "uncertain" case.
+- ``gateway_timeout``: POST /finetune only. The training is created and charged (and kept
+  under its ``Idempotency-Key``), then the client gets ``504 {"message": ...}`` instead of
+  the 200, as from a proxy that gave up waiting. The key is still echoed (when idempotency
+  is on), so a replay under it returns the stored 200; a replay is never turned into a 504
+  itself, since it creates nothing.
+
+Both POST-only kinds answer a refused POST (4xx) as usual: only a training that was created
+has an answer worth losing.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import math
 import random
 from collections.abc import Callable
 
-from runner.sandbox.config import SandboxConfig
+from runner.sandbox.config import POST_ONLY_FAULTS, SandboxConfig
 
 STATUS_KINDS = {"500": 500, "502": 502, "503": 503}
 
@@ -38,7 +46,7 @@ class FaultInjector:
             return None
         if self._rng.random() >= self._rate:
             return None
-        kinds = [k for k in self._kinds if k != "lost_post" or is_post]
+        kinds = [k for k in self._kinds if is_post or k not in POST_ONLY_FAULTS]
         if not kinds:
             return None
         return self._rng.choice(kinds)

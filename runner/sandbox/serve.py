@@ -146,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         max_upload_bytes=int(max_mb * 1024 * 1024),
         seed=getattr(args, "seed", None),
         idempotency=not getattr(args, "no_idempotency", False),
+        dialect=getattr(args, "dialect", None) or "envelope",
     )
 
 
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"sandbox listening on {running.url}", flush=True)
             print(
                 f"state in {config.state_dir}; train-seconds {config.train_seconds}; "
-                "Ctrl-C to stop",
+                f"dialect {config.dialect}; Ctrl-C to stop",
                 file=sys.stderr,
                 flush=True,
             )

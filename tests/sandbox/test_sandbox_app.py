@@ -204,13 +204,13 @@ async def test_unknown_key_is_401_when_keys_are_configured(
 
 
 async def test_keys_are_isolated(client: httpx.AsyncClient) -> None:
-    """Another key gets 404 for an asset, by trigger word and by id, and has its own ledger."""
+    """Another key gets 400 for an asset, by trigger word and by id, and has its own ledger."""
     created = data(await post(client))
     other = {"X-Api-Key": OTHER_KEY}
     assert (
         await client.get(f"/finetune/{created['trigger_word']}", headers=other)
-    ).status_code == 404
-    assert (await client.get(f"/finetune/{created['id']}", headers=other)).status_code == 404
+    ).status_code == 400
+    assert (await client.get(f"/finetune/{created['id']}", headers=other)).status_code == 400
     assert (await client.get("/_sandbox/ledger", headers=other)).json()["trainings"] == 0
     assert data(await post(client, headers=other))["customer_id"] != created["customer_id"]
 
@@ -237,7 +237,7 @@ async def test_credits_run_out_with_402(asgi: Callable[..., httpx.AsyncClient]) 
 
 
 async def test_ledger_counts_status_checks_per_key(asgi: Callable[..., httpx.AsyncClient]) -> None:
-    """Every status request (a 404 too) counts for the key that sent it, and only for it."""
+    """Every status request (a 400 too) counts for the key that sent it, and only for it."""
     async with asgi() as client:
         word = data(await post(client))["trigger_word"]
         for ident in (word, word, "NOPE_123456"):
@@ -498,11 +498,13 @@ async def test_errors_are_not_remembered_under_the_key(
         assert (await post(client, headers=h)).status_code == 200
 
 
-async def test_unknown_asset_is_404_with_message(client: httpx.AsyncClient) -> None:
-    """GET of a trigger word nobody created is 404 {"message"}."""
-    response = await client.get("/finetune/NOPE_abcdef", headers=HEADERS)
-    assert response.status_code == 404
-    assert set(response.json()) == {"message"}
+async def test_unknown_asset_is_400_with_message(client: httpx.AsyncClient) -> None:
+    """GET of a trigger word or asset id nobody created is 400 {"message"} (documented), not 404."""
+    for ident in ("NOPE_abcdef", "0123456789abcdef01234567"):
+        response = await client.get(f"/finetune/{ident}", headers=HEADERS)
+        assert response.status_code == 400
+        assert set(response.json()) == {"message"}
+        assert ident in response.json()["message"]
 
 
 async def test_files_of_unfinished_training_are_404(client: httpx.AsyncClient) -> None:

@@ -334,7 +334,7 @@ def test_keep_alive_answers_are_not_held_by_nagle(live: RunningSandbox) -> None:
 
 
 def test_error_answers_over_loopback(server: Callable[..., Any]) -> None:
-    """Over real HTTP: 401, 400 (Kontext), 422 (detail shape), 404 (other key), 402, with echo."""
+    """Over real HTTP: 401, 400 (Kontext), 422 (detail shape), 400 (other key), 402, with echo."""
     with server(credits=1) as running, httpx.Client(base_url=running.url, timeout=10) as client:
         echo = {"Idempotency-Key": "loop-errors"}
         assert client.post("/finetune", headers=echo, files=image_parts(1)).status_code == 401
@@ -353,7 +353,7 @@ def test_error_answers_over_loopback(server: Callable[..., Any]) -> None:
         ]
         created = data(client.post("/finetune", headers=HEADERS, files=image_parts(1)))
         other = {"X-Api-Key": "someone-else"}
-        assert client.get(f"/finetune/{created['trigger_word']}", headers=other).status_code == 404
+        assert client.get(f"/finetune/{created['trigger_word']}", headers=other).status_code == 400
         spent = client.post("/finetune", headers=HEADERS | echo, files=image_parts(1))
         assert spent.status_code == 402 and "message" in spent.json()
         assert spent.headers["idempotency-key"] == "loop-errors"
@@ -366,6 +366,6 @@ def test_rate_limit_over_loopback(server: Callable[..., Any]) -> None:
         httpx.Client(base_url=running.url, headers=HEADERS) as client,
     ):
         codes = [client.get("/finetune/none_x").status_code for _ in range(5)]
-        assert codes[:2] == [404, 404] and 429 in codes
+        assert codes[:2] == [400, 400] and 429 in codes
         limited = client.get("/finetune/none_x")
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
