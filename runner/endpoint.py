@@ -56,6 +56,21 @@ def choose_endpoint(manifest: Manifest, flag: str | None, environ: Mapping[str, 
     return check_endpoint_url(manifest.api.endpoint, f"{manifest.path.name}: api.endpoint")
 
 
+def api_identity(endpoint: str) -> str:
+    """Where an entry is recorded as made: "sandbox", or the endpoint's origin (lower-case
+    scheme and host, the port only when it is not the scheme's default)."""
+    if endpoint == SANDBOX:
+        return SANDBOX
+    parts = urlsplit(endpoint)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
 @dataclass(frozen=True)
 class Connection:
     url: str

@@ -44,6 +44,8 @@ ENTRY_KEYS = (
     "submitted_at",
     "finished_at",
     "error",
+    "api",
+    "answer",
     "attempt",
     "idempotency_key",
     "inputs",
@@ -63,6 +65,10 @@ class LockEntry:
     submitted_at: str | None = None
     finished_at: str | None = None
     error: dict[str, Any] | None = None
+    # Where the entry was made: "sandbox" or an endpoint's origin (DESIGN section 4).
+    api: str | None = None
+    # The raw text of an answer runner could not read (first 16 KiB), kept for the user.
+    answer: str | None = None
     attempt: int = 0
     idempotency_key: str | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
@@ -188,7 +194,8 @@ def _entry_strings(entries: dict[str, LockEntry]) -> Iterator[str]:
     for name, e in entries.items():
         yield name
         for value in (e.fingerprint, e.status, e.asset_id, e.trigger_word, e.option,
-                      e.finetune_type, e.submitted_at, e.finished_at, e.idempotency_key, *e.results):
+                      e.finetune_type, e.submitted_at, e.finished_at, e.idempotency_key, e.api,
+                      e.answer, *e.results):
             if type(value) is str:
                 yield value
         for mapping in (e.error, e.inputs):
