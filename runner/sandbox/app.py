@@ -859,6 +859,7 @@ async def _start_training(
             image_dir=str(folder.relative_to(config.state_dir)),
             images=images,
             webhook_url=args["webhook_url"],
+            request_hash=request_hash,
         )
     except InsufficientCredit as exc:
         shutil.rmtree(folder, ignore_errors=True)

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS assets (
     webhook_url TEXT,
     webhook_state TEXT NOT NULL DEFAULT 'none',
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    webhook_next_at REAL NOT NULL DEFAULT 0
+    webhook_next_at REAL NOT NULL DEFAULT 0,
+    request_hash TEXT
 );
 CREATE INDEX IF NOT EXISTS assets_due ON assets (final_at) WHERE status NOT IN ('success', 'fail');
 CREATE INDEX IF NOT EXISTS assets_hooks ON assets (webhook_next_at) WHERE webhook_state = 'pending';
@@ -88,6 +89,9 @@ class Asset:
     webhook_state: str
     webhook_attempts: int
     webhook_next_at: float
+    # What makes two trainings "the same request" (see app.py); None in rows written
+    # before the column existed.
+    request_hash: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Asset:
@@ -119,6 +123,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(assets)")}
+        if "request_hash" not in columns:  # a state dir from before duplicates were hashed
+            self._db.execute("ALTER TABLE assets ADD COLUMN request_hash TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -168,11 +175,16 @@ class Store:
                 " WHERE id = ?",
                 (account,),
             ).fetchone()
-            args = [r[0] for r in self._db.execute("SELECT args FROM assets WHERE account = ?", (account,))]
+            inputs = list(
+                self._db.execute(
+                    "SELECT args, request_hash FROM assets WHERE account = ? ORDER BY rowid",
+                    (account,),
+                )
+            )
         if row is None:
             return {"credits_charged": 0, "trainings": 0, "posts": 0, "replays": 0, "balance": None,
                     "duplicate_trainings": 0}
-        return {**dict(row), "duplicate_trainings": _duplicates(args)}
+        return {**dict(row), "duplicate_trainings": _duplicates(inputs)}
 
     # -- assets ---------------------------------------------------------------------
 
@@ -193,6 +205,7 @@ class Store:
         image_dir: str,
         images: list[str],
         webhook_url: str | None,
+        request_hash: str | None = None,
     ) -> Asset:
         """Charge and insert in one transaction, so a training is never started unpaid
         nor paid twice; the trigger word is drawn again on the (rare) collision."""
@@ -207,7 +220,8 @@ class Store:
                     db.execute(
                         "INSERT INTO assets (id, account, trigger_word, args, created_at, duration,"
                         " final_at, outcome, status, updated_at, history, base_url, image_dir,"
-                        " images, webhook_url) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " images, webhook_url, request_hash)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             asset_id,
                             account,
@@ -224,6 +238,7 @@ class Store:
                             image_dir,
                             json.dumps(images),
                             webhook_url,
+                            request_hash,
                         ),
                     )
                     break
@@ -335,15 +350,25 @@ class Store:
             db.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
 
 
-def _duplicates(all_args: list[str]) -> int:
+def _duplicates(inputs: list[sqlite3.Row]) -> int:
     """Trainings whose inputs repeat an earlier training's: what a client that pays twice
-    for the same request leaves behind (the webhook is not an input)."""
+    for the same request leaves behind.
+
+    The inputs are the request hash the app computes for ``Idempotency-Key`` (the images'
+    contents and the training fields, not the webhook or the file names). Rows from before
+    that column fall back to their ``args`` without what differs between two trainings of
+    one request anyway: the trigger word the sandbox drew, and the webhook.
+    """
     seen: set[str] = set()
     dupes = 0
-    for raw in all_args:
-        args = json.loads(raw)
-        args.pop("webhook_url", None)
-        key = json.dumps(args, sort_keys=True)
+    for row in inputs:
+        if row["request_hash"]:
+            key = "hash:" + row["request_hash"]
+        else:
+            args = json.loads(row["args"])
+            args.pop("webhook_url", None)
+            args.pop("trigger_word", None)
+            key = "args:" + json.dumps(args, sort_keys=True)
         dupes += key in seen
         seen.add(key)
     return dupes

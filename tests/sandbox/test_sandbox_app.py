@@ -230,7 +230,7 @@ async def test_credits_run_out_with_402(asgi: Callable[..., httpx.AsyncClient]) 
             "posts": 3,
             "replays": 0,
             "balance": 0,
-            "duplicate_trainings": 0,
+            "duplicate_trainings": 1,  # the same request (images, fields) trained twice
             "status_checks": 0,
         }
         assert (await post(client, headers={"X-Api-Key": OTHER_KEY})).status_code == 200
