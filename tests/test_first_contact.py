@@ -117,11 +117,15 @@ class OddApi:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        body = b""
         while True:  # read the whole body
             message = await receive()
+            body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if scope["method"] == "POST":
+        if scope["method"] == "POST" and b"runner-idempotency-probe" in body:
+            status, body = 422, b'{"detail": [{"loc": ["body", "option"], "msg": "bad", "type": "x"}]}'
+        elif scope["method"] == "POST":
             self.posts += 1
             word = f"P000_{self.posts:04d}"
             self.words.append(word)
