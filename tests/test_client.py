@@ -163,7 +163,7 @@ def test_https_endpoints_still_verify_certificates(tmp_path: Path, monkeypatch: 
             await client.status("X_1")
 
     try:
-        with pytest.raises(ApiError, match="certificate of 127.0.0.1") as info:
+        with pytest.raises(ApiError, match=r"certificate of 127\.0\.0\.1") as info:
             anyio.run(main)
         thread.join(10)
     finally:
