@@ -510,6 +510,13 @@ class LockSession:
                 f"{self.journal}: cannot write the journal: {exc.strerror or exc}"
             ) from exc
 
+    def amend(self, entries: dict[str, LockEntry]) -> None:
+        """Changes that can be derived again (such as an inferred ``api``): made in memory and
+        written by the next flush, not journaled, since a crash loses nothing that matters."""
+        if entries:
+            self.state.entries.update(entries)
+            self.dirty = True
+
     def _append(self, data: bytes) -> None:
         if self._journal_fd is None:
             created = not self.journal.exists()

@@ -10,6 +10,10 @@
 |         | was lost; see apply for when it is replayed                      |
 | noop    | same fingerprint, ``succeeded``                                  |
 | orphan  | lock entry whose job left the manifest                           |
+
+Given ``api`` (the identity of the endpoint the run targets, ``endpoint.api_identity``),
+an entry made against an API the target does not accept counts as absent: ``create``
+with the reason ``endpoint``, whatever its status (DESIGN section 4).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from runner.endpoint import accepts, made_at
 from runner.errors import UsageError
 from runner.fingerprint import Fingerprinted
 from runner.lockfile import LockEntry
@@ -47,6 +52,8 @@ class Change:
     reasons: tuple[str, ...] = ()
     job: Fingerprinted | None = None
     entry: LockEntry | None = None
+    # Changed values as (field, old, new), shown "field: old → new" by the views.
+    diff: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,8 +118,13 @@ def make_plan(
     jobs: Sequence[Fingerprinted],
     entries: dict[str, LockEntry],
     targets: Sequence[str] = (),
+    *,
+    api: str | None = None,
 ) -> Plan:
-    """One change per manifest job plus one per orphaned lock entry, sorted by name."""
+    """One change per manifest job plus one per orphaned lock entry, sorted by name.
+
+    ``api``: the target's identity; None skips the endpoint check.
+    """
     wanted = set(targets)
     if targets:
         check_targets(targets, [fp.job.name for fp in jobs] + list(entries))
@@ -123,6 +135,13 @@ def make_plan(
         if wanted and fp.job.name not in wanted:
             continue
         entry = entries.get(fp.job.name)
+        if api is not None and entry is not None:
+            made = made_at(entry, api)
+            if not accepts(api, made):
+                changes.append(
+                    Change(fp.job.name, "create", fp.fingerprint, ("endpoint",), fp, entry, (("api", made, api),))
+                )
+                continue
         action, reasons = _action_for(fp, entry)
         changes.append(Change(fp.job.name, action, fp.fingerprint, reasons, fp, entry))
     for name, entry in entries.items():

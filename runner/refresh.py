@@ -56,4 +56,4 @@ def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[s
 def refresh_plan(prepared: Prepared) -> Plan:
     entries = refresh_entries(prepared.manifest, prepared.state.entries)
     targets = [c.name for c in prepared.plan.changes] if prepared.targets else []
-    return make_plan(prepared.plan.manifest, prepared.jobs, entries, targets)
+    return make_plan(prepared.plan.manifest, prepared.jobs, entries, targets, api=prepared.api)

@@ -9,8 +9,9 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from runner.endpoint import accepts, made_at
 from runner.lockfile import LockEntry
-from runner.plan import ACTIONS, Plan
+from runner.plan import ACTIONS, Change, Plan
 
 if TYPE_CHECKING:  # runner.apply brings httpx and anyio, which plan and status never use
     from runner.apply import ApplyResult
@@ -40,16 +41,31 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "version": 1,
         "manifest": plan.manifest,
         "summary": plan.summary(),
-        "jobs": [
-            {
-                "name": c.name,
-                "action": c.action,
-                "fingerprint": c.fingerprint,
-                "reasons": list(c.reasons),
-            }
-            for c in plan.changes
-        ],
+        "jobs": [_job_document(c) for c in plan.changes],
     }
+
+
+def _job_document(change: Change) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": change.name,
+        "action": change.action,
+        "fingerprint": change.fingerprint,
+        "reasons": list(change.reasons),
+    }
+    if change.diff:  # only when a value is known to have changed: other jobs read as before
+        doc["diff"] = {key: {"old": old, "new": new} for key, old, new in change.diff}
+    return doc
+
+
+# Reasons that only restate the action: not repeated after the job's name.
+_SELF_EVIDENT = frozenset({"new job"})
+
+
+def _why(change: Change) -> str:
+    """The reasons, each changed value as ``field: old → new`` (in place of its reason)."""
+    shown = {key: f"{key}: {old} → {new}" for key, old, new in change.diff}
+    parts = [shown.pop(r, r) for r in change.reasons if r not in _SELF_EVIDENT]
+    return ", ".join([*parts, *shown.values()])
 
 
 def plan_json(plan: Plan) -> str:
@@ -82,7 +98,8 @@ def plan_text(plan: Plan, *, show_noop: bool = False) -> str:
         lines.append("")
         lines.append(f"  {len(changes)} job(s) {HEADINGS[action]}:")
         for change in changes:
-            why = f"  ({', '.join(change.reasons)})" if change.reasons and action not in ("create",) else ""
+            why = _why(change)
+            why = f"  ({why})" if why else ""
             lines.append(f"    {SYMBOLS[action]:>3} {change.name}{why}")
     if not plan.has_changes and not plan.with_action("orphan"):
         lines.append("")
@@ -109,7 +126,7 @@ def plan_markdown(plan: Plan) -> str:
         lines += ["| action | job | why |", "|---|---|---|"]
         for change in shown:
             lines.append(
-                f"| {change.action} | `{_md_escape(change.name)}` | {_md_escape(', '.join(change.reasons))} |"
+                f"| {change.action} | `{_md_escape(change.name)}` | {_md_escape(_why(change) or ', '.join(change.reasons))} |"
             )
     else:
         lines.append("No changes: every job is up to date with the lockfile.")
@@ -168,17 +185,31 @@ def plans_markdown(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
     return body + "".join("\n" + plan_markdown(p) for p in plans)
 
 
-def status_rows(entries: dict[str, LockEntry], names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def status_rows(
+    entries: dict[str, LockEntry], names: Iterable[str] | None = None, *, api: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per job: the entry's fields (not ``inputs``), where it was made (``api``,
+    inferred for entries older than the field) and ``made_elsewhere``: true when ``api``,
+    the target's identity, does not accept it (``endpoint.accepts``)."""
     rows = []
     for name in sorted(names if names is not None else entries):
         entry = entries.get(name)
         if entry is None:
-            rows.append({"name": name, "status": "absent"})
+            rows.append({"name": name, "status": "absent", "api": None, "made_elsewhere": False})
             continue
         row = {"name": name, **entry.to_dict()}
         row.pop("inputs", None)
+        if api is not None:
+            row["api"] = made_at(entry, api)
+            row["made_elsewhere"] = not accepts(api, row["api"])
+        else:
+            row["made_elsewhere"] = False
         rows.append(row)
     return rows
+
+
+def _elsewhere(row: dict[str, Any]) -> str:
+    return f"made elsewhere (by {row.get('api')})" if row.get("made_elsewhere") else ""
 
 
 def status_text(rows: list[dict[str, Any]]) -> str:
@@ -186,6 +217,7 @@ def status_text(rows: list[dict[str, Any]]) -> str:
     table = [header]
     for row in rows:
         error = row.get("error") or {}
+        detail = "; ".join(filter(None, (_elsewhere(row), (error.get("message") or "")[:80])))
         table.append(
             (
                 row["name"],
@@ -193,7 +225,7 @@ def status_text(rows: list[dict[str, Any]]) -> str:
                 row.get("trigger_word") or "-",
                 row.get("option") or "-",
                 str(row.get("images", "-")),
-                (error.get("message") or "")[:80],
+                detail,
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -258,9 +290,14 @@ def status_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
         detail = str(error.get("message") or "")
         if error.get("status"):
             detail = f"{error['status']}: {detail}"
+        if row.get("made_elsewhere"):
+            # Not this API's: its word must not be read as ready here.
+            cell = Text(f"{status} (made by {row.get('api')})", style="bold yellow")
+        else:
+            cell = Text(status, style=STATUS_STYLES.get(status, ""))
         table.add_row(
             row["name"],
-            Text(status, style=STATUS_STYLES.get(status, "")),
+            cell,
             row.get("trigger_word") or "-",
             row.get("option") or "-",
             row.get("finetune_type") or "-",

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.endpoint import target_identity
 from runner.errors import InputError
 from runner.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
 from runner.gcpause import paused_gc
@@ -88,6 +89,8 @@ class Prepared:
     jobs: list[Fingerprinted]
     plan: Plan
     targets: tuple[str, ...] = ()
+    # The identity of the endpoint planned against (endpoint.target_identity).
+    api: str | None = None
 
 
 def prepare(
@@ -95,13 +98,18 @@ def prepare(
     lockfile_flag: str | None,
     targets: list[str],
     state: LockState | None = None,
+    *,
+    endpoint: str | None = None,
 ) -> Prepared:
+    """Load, fingerprint and plan; entries made against another API than the target
+    (``endpoint`` flag, else ``RUNNER_ENDPOINT``, else ``api.endpoint``) plan as create."""
     stats: dict[str, os.stat_result] = {}  # one stat per image file, shared by both steps
     with paused_gc(freeze=True):
         manifest = load(manifest_path, stats)
+        api = target_identity(manifest, endpoint, os.environ)
         lockfile = lockfile_for(manifest, lockfile_flag)
         if state is None:
             state = read_lockfile(lockfile)
         jobs = fingerprint(manifest, stats, manifest_path)
-        plan = make_plan(manifest_path, jobs, state.entries, targets)
-    return Prepared(manifest, manifest_path, lockfile, state, jobs, plan, tuple(targets))
+        plan = make_plan(manifest_path, jobs, state.entries, targets, api=api)
+    return Prepared(manifest, manifest_path, lockfile, state, jobs, plan, tuple(targets), api)

@@ -14,7 +14,7 @@ import anyio
 from runner import logsetup
 from runner.apply import Applier, ApplyOptions, ApplyResult, LogReporter, Reporter
 from runner.client import ApiClient
-from runner.endpoint import Connection, connect
+from runner.endpoint import Connection, connect, target_identity, with_api
 from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.lockfile import LockSession
 from runner.manifests import expand_manifests, worst
@@ -108,9 +108,12 @@ def budget_guard(plan: Plan, manifest: Manifest, args: argparse.Namespace) -> No
 def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
     manifest = prepared.manifest
     with LockSession(prepared.lockfile) as session:
+        target = target_identity(manifest, args.endpoint, os.environ)
+        # Entries from before ``api`` existed gain it (inferred) on this run's write, once.
+        session.amend(with_api(session.state.entries, target))
         # Re-plan against the lockfile as it is under the lock (another apply may have
         # finished since phase 1); the jobs' fingerprints are still the ones computed then.
-        plan = make_plan(prepared.display, prepared.jobs, session.state.entries, args.target)
+        plan = make_plan(prepared.display, prepared.jobs, session.state.entries, args.target, api=target)
         budget_guard(plan, manifest, args)
         if not args.quiet:
             sys.stderr.write(plan_text(plan))

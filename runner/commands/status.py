@@ -4,16 +4,22 @@ On a terminal the jobs are a rich table; piped (``| grep failed``, CI logs) they
 columns that survive any pager or parser. With several manifests each gets its own block
 and a total line closes the output; one manifest that cannot be read does not hide the
 others (its error goes to stderr and sets the exit code).
+
+An entry made against another API than the manifest targets (``RUNNER_ENDPOINT`` or
+``api.endpoint``) is shown as made elsewhere: ``made_elsewhere`` and ``api`` in JSON, the
+status cell on a terminal, the detail column when piped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 from runner import logsetup
+from runner.endpoint import accepts, made_at, target_identity
 from runner.errors import RunnerError
 from runner.lockfile import read_lockfile
 from runner.manifests import expand_manifests, worst
@@ -36,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     totals: dict[str, int] = {}
     for manifest_path in manifests:
         try:
-            lockfile, rows = _rows(manifest_path, args)
+            lockfile, api, rows = _rows(manifest_path, args)
         except RunnerError as exc:
             if not many:
                 raise
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         for status, n in status_counts(rows).items():
             totals[status] = totals.get(status, 0) + n
         if args.format == "json":
-            documents.append({"manifest": manifest_path, "lockfile": str(lockfile), "jobs": rows})
+            documents.append({"manifest": manifest_path, "lockfile": str(lockfile), "api": api, "jobs": rows})
         elif console is not None:
             console.print(status_table(rows, title=manifest_path if many else None))
         else:
@@ -69,16 +75,20 @@ def run(args: argparse.Namespace) -> int:
     return worst(codes)
 
 
-def _rows(manifest_path: str, args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
+def _rows(manifest_path: str, args: argparse.Namespace) -> tuple[Any, str, list[dict[str, Any]]]:
+    """The lockfile, the identity of the API the manifest targets, and one row per job."""
     manifest = load(manifest_path)
+    api = target_identity(manifest, None, os.environ)
     lockfile = lockfile_for(manifest, args.lockfile)
     entries = read_lockfile(lockfile).entries
     if args.refresh:
         from runner.refresh import refresh_entries
 
-        entries = refresh_entries(manifest, entries)
+        # Only this API's entries: another API's trigger words mean nothing to it.
+        mine = {n: e for n, e in entries.items() if accepts(api, made_at(e, api))}
+        entries = {**entries, **refresh_entries(manifest, mine)}
     names = sorted({job.name for job in manifest.jobs} | set(entries))
-    return lockfile, status_rows(entries, names)
+    return lockfile, api, status_rows(entries, names, api=api)
 
 
 def _console() -> Any:
