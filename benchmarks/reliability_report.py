@@ -28,10 +28,21 @@ def main(path: str) -> None:
         double = sum(r["charged"] - r["jobs"] for r in faults)
         print(f"\ncells: {len(faults)}, jobs: {sum(r['jobs'] for r in faults)}, "
               f"succeeded: {sum(r['succeeded'] for r in faults)}, double charges: {double}\n")
+    dialects = rows.get("dialect", [])
+    if dialects:
+        print("| dialect | faults | rate | API echoes key | jobs | succeeded | uncertain | credits charged "
+              "| duplicates | replays | requests | wall s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in dialects:
+            print(f"| {r['dialect']} | {r['fault']} | {r['rate']} | {'yes' if r['idempotency'] else 'no'} | "
+                  f"{r['jobs']} | {r['succeeded']} | {r['uncertain']} | {r['charged']} | "
+                  f"{r['duplicates']} | {r['replays']} | {r['requests']} | {r['wall_s']} |")
+        print(f"\ncells: {len(dialects)}, jobs: {sum(r['jobs'] for r in dialects)}, "
+              f"duplicate trainings: {sum(r['duplicates'] for r in dialects)}\n")
     for key in ("crash", "signals"):
         for r in rows.get(key, []):
             print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in r.items()))
-    for key in sorted(set(rows) - {"fault", "crash", "signals"}):
+    for key in sorted(set(rows) - {"fault", "dialect", "crash", "signals"}):
         for r in rows[key]:
             print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in r.items()))
 
