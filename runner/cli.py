@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="drop lock entries whose job left the manifest")
     p.add_argument("--endpoint", metavar="URL", help="override api.endpoint")
     p.add_argument("--max-submissions", type=int, metavar="N", help="refuse plans starting more trainings")
+    p.add_argument(
+        "--trace-http", metavar="FILE",
+        help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
+    )
 
     p = sub.add_parser("status", parents=[common], help="show the lockfile's jobs")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
