@@ -76,3 +76,52 @@ def test_targets_limit_the_plan_and_unknown_target_is_an_error() -> None:
     assert actions(plan) == {"beta": "create"}
     with pytest.raises(UsageError, match="did you mean 'alpha'"):
         make_plan("m.yaml", [fp("alpha")], {}, targets=["alpah"])
+
+
+LIVE = "https://api.vimmerse.net"
+
+
+def test_entries_made_against_another_api_are_created_whatever_their_state() -> None:
+    """DESIGN section 4: with ``api`` given, an entry the target does not accept is absent."""
+    jobs = [fp("done"), fp("running"), fp("broken"), fp("lost"), fp("changed", FP_B), fp("here")]
+    entries = {
+        "done": entry("succeeded", api="sandbox"),
+        "running": entry("training", trigger_word="T", api="sandbox"),
+        "broken": entry("failed", api="sandbox", error={"status": 422, "message": "bad"}),
+        "lost": entry("uncertain", api="sandbox"),
+        "changed": entry("succeeded", api="sandbox"),
+        "here": entry("succeeded", api=LIVE),
+        "gone": entry("succeeded", api="sandbox"),
+    }
+    plan = make_plan("m.yaml", jobs, entries, api=LIVE)
+    assert actions(plan) == {
+        "done": "create", "running": "create", "broken": "create", "lost": "create",
+        "changed": "create", "here": "noop", "gone": "orphan",
+    }
+    for change in plan.with_action("create"):
+        assert change.reasons == ("endpoint",)
+        assert change.diff == (("api", "sandbox", LIVE),)
+        assert change.entry is entries[change.name]
+    # No api: no endpoint check (callers that predate it plan as before).
+    assert actions(make_plan("m.yaml", jobs, entries))["done"] == "noop"
+    # The sandbox target accepts the sandbox's entries, not the live API's.
+    back = make_plan("m.yaml", jobs, entries, api="sandbox")
+    assert actions(back)["done"] == "noop" and actions(back)["here"] == "create"
+
+
+def test_legacy_entries_are_judged_by_their_sample_urls() -> None:
+    sandbox_made = entry("succeeded", results=("http://127.0.0.1:5/_sandbox/files/x/sample_0.png",))
+    live_made = entry("succeeded", results=("https://cdn.example.com/x.png",))
+    plan = make_plan("m.yaml", [fp("s"), fp("l")], {"s": sandbox_made, "l": live_made}, api=LIVE)
+    assert actions(plan) == {"s": "create", "l": "noop"}
+
+
+def test_text_and_markdown_show_the_endpoint_change() -> None:
+    from runner.render import plan_markdown, plan_text
+
+    plan = make_plan("m.yaml", [fp("j"), fp("new")], {"j": entry("succeeded", api="sandbox")}, api=LIVE)
+    text = plan_text(plan)
+    assert f"      + j  (endpoint, api: sandbox → {LIVE})\n" in text
+    assert "      + new\n" in text  # a new job's reason is the heading itself
+    assert f"| create | `j` | endpoint, api: sandbox → {LIVE} |" in plan_markdown(plan)
+    assert "| create | `new` | new job |" in plan_markdown(plan)
