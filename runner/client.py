@@ -48,6 +48,12 @@ from runner.ratelimit import TokenBucket
 log = logsetup.get_logger("runner.client")
 
 REACH_BUDGET = 25.0  # seconds to decide that an endpoint cannot be reached at all
+MAX_RETRY_AFTER = 120.0  # a server's Retry-After is obeyed up to this many seconds
+# Whole-exchange deadlines: httpx's timeouts are per read, so an answer dripping one byte
+# every few seconds would otherwise hold a request (and its job slot) for ever.
+GET_DEADLINE = 120.0
+POST_DEADLINE = 900.0  # plus one second per UPLOAD_RATE bytes uploaded
+UPLOAD_RATE = 256 * 1024
 REACH_TIMEOUT = httpx.Timeout(connect=8.0, read=10.0, write=10.0, pool=10.0)
 DOCTOR_PREFIX = "runner-doctor-"
 
@@ -191,6 +197,7 @@ class ApiClient:
     requests_sent: int = 0
     trace: Path | None = None
     clock: Callable[[], float] = time.monotonic
+    probe_answer: Answer | None = None  # the idempotency probe's last answer (for doctor)
     _http: httpx.AsyncClient | None = None
 
     @property
@@ -274,27 +281,41 @@ class ApiClient:
                 }
             elif fields is not None:
                 files = [(name, (None, value)) for name, value in fields]
+                extensions["runner.form"] = {"fields": fields, "files": []}
+            deadline = GET_DEADLINE
+            if method == "POST":
+                uploaded = sum(_size(p.path) for p in wire.file_parts(job)) if job is not None else 0
+                deadline = POST_DEADLINE + uploaded / UPLOAD_RATE
             request = self.http.build_request(
                 method, path, files=files, headers=self._headers(key),
                 extensions=extensions or None,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
+            sent = False
             try:
-                response = await self.http.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                raise NotReached(describe_transport_error(exc, self.host), job=job_name) from exc
-            except httpx.TransportError as exc:
+                with anyio.fail_after(deadline):
+                    try:
+                        response = await self.http.send(request, stream=True)
+                    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                        raise NotReached(describe_transport_error(exc, self.host), job=job_name) from exc
+                    except httpx.TransportError as exc:
+                        raise Transient(
+                            f"the answer from {self.host} was lost ({type(exc).__name__})", job=job_name
+                        ) from exc
+                    sent = True
+                    try:
+                        body = await _read_capped(response)
+                    except httpx.TransportError as exc:
+                        raise Transient(
+                            f"the answer from {self.host} was cut off ({type(exc).__name__})", job=job_name
+                        ) from exc
+                    finally:
+                        await response.aclose()
+            except TimeoutError as exc:
+                what = "its answer" if sent else "an answer"
                 raise Transient(
-                    f"the answer from {self.host} was lost ({type(exc).__name__})", job=job_name
+                    f"{self.host} did not finish {what} within {deadline:.0f}s", job=job_name
                 ) from exc
-            try:
-                body = await _read_capped(response)
-            except httpx.TransportError as exc:
-                raise Transient(
-                    f"the answer from {self.host} was cut off ({type(exc).__name__})", job=job_name
-                ) from exc
-            finally:
-                await response.aclose()
         return Answer(response.status_code, response.headers, body)
 
     def _learn(self, answer: Answer, key: str | None) -> bool:
@@ -453,6 +474,7 @@ class ApiClient:
             except Transient as exc:
                 log.debug("idempotency probe got no answer", error=exc.message)
                 continue
+            self.probe_answer = answer
             if answer.status == 429:
                 self._busy(answer, None)
                 continue
@@ -508,13 +530,25 @@ def _transient_wait(exc: Exception) -> bool | float:
 
 
 def _retry_after(answer: Answer) -> float | None:
+    """The server's Retry-After in seconds, clamped: a hostile or broken server must not be
+    able to park every request for days (the job's own timeout still bounds the total)."""
     value = answer.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
