@@ -12,7 +12,7 @@ import anyio
 from runner import wire
 from runner.apply import utcnow
 from runner.client import ApiClient
-from runner.endpoint import connect
+from runner.endpoint import accepts, connect, made_at, target_identity
 from runner.errors import ApiError
 from runner.lockfile import LockEntry
 from runner.models import Manifest
@@ -22,7 +22,13 @@ from runner.workspace import Prepared
 
 
 def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[str, LockEntry]:
-    training = {n: e for n, e in entries.items() if e.status == "training" and e.trigger_word}
+    # Only entries made against the API the manifest targets now: another API's trigger
+    # words are never sent to this one (nor is this key sent about them).
+    target = target_identity(manifest, None, os.environ)
+    training = {
+        n: e for n, e in entries.items()
+        if e.status == "training" and e.trigger_word and accepts(target, made_at(e, target))
+    }
     if not training:
         return dict(entries)
     out = dict(entries)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     for manifest_path in manifests:
         try:
-            one = prepare(manifest_path, args.lockfile, args.target)
+            one = prepare(manifest_path, args.lockfile, args.target, endpoint=args.endpoint)
             if args.max_submissions is None:
                 budget_guard(one.plan, one.manifest, args)
             prepared.append(one)
