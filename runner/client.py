@@ -381,6 +381,17 @@ class ApiClient:
                 )
             return answer
 
+    async def is_sandbox(self) -> bool:
+        """Whether a loopback endpoint is a runner sandbox (its health route says
+        ``app_name: sandbox``), so entries are recorded as the sandbox's even when an answer
+        that would have said so was lost. Sent without the key; never to a remote API."""
+        try:
+            response = await self.http.get("/_sandbox/health", timeout=5.0)
+            data = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get("app_name") == "sandbox"
+
     # ----- POST /finetune ------------------------------------------------------------------
 
     async def submit(self, job: Job, key: str, *, replay_for: float = 3600.0) -> SubmitResult:

@@ -176,9 +176,11 @@ async def _run_online(
     reporter: Reporter,
     trace: Path | None = None,
 ) -> ApplyResult:
-    from runner.endpoint import api_identity
+    from runner.endpoint import api_identity, is_loopback_identity
 
     bucket = TokenBucket(manifest.api.requests_per_second, manifest.api.burst)
     api = "sandbox" if conn.embedded else api_identity(conn.url)
     async with ApiClient(conn.url, conn.api_key, bucket, trace=trace) as client:
+        if is_loopback_identity(api) and await client.is_sandbox():
+            api = "sandbox"
         return await Applier(plan, session, client, manifest.api, options, reporter, api=api).run()
