@@ -90,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", action="store_true", help="ask the API about jobs still training")
     p.add_argument("--format", choices=["text", "json"], default="text")
 
+    p = sub.add_parser(
+        "doctor", parents=[common], help="free checks of endpoint, key and API; trains nothing"
+    )
+    p.add_argument("manifest", nargs="?", metavar="MANIFEST", help="default: runner.yaml here")
+    p.add_argument("--endpoint", metavar="URL", help="override api.endpoint")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--trace-http", metavar="FILE",
+        help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
+    )
+
     p = sub.add_parser("init", parents=[common], help="scaffold a manifest from folders of images")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("-o", "--output", metavar="MANIFEST", default="runner.yaml")
@@ -154,6 +165,7 @@ _MODULES = {
     "plan": "runner.commands.plan",
     "apply": "runner.commands.apply",
     "status": "runner.commands.status",
+    "doctor": "runner.commands.doctor",
     "init": "runner.commands.init",
     "output": "runner.commands.output",
     "report": "runner.commands.report",
