@@ -254,6 +254,7 @@ class ApiClient:
         key: str | None = None,
         timeout: httpx.Timeout | None = None,
         job_name: str | None = None,
+        deadline: float | None = None,
     ) -> Answer:
         """Send one request and read its whole answer.
 
@@ -282,10 +283,11 @@ class ApiClient:
             elif fields is not None:
                 files = [(name, (None, value)) for name, value in fields]
                 extensions["runner.form"] = {"fields": fields, "files": []}
-            deadline = GET_DEADLINE
-            if method == "POST":
-                uploaded = sum(_size(p.path) for p in wire.file_parts(job)) if job is not None else 0
-                deadline = POST_DEADLINE + uploaded / UPLOAD_RATE
+            if deadline is None:
+                deadline = GET_DEADLINE
+                if method == "POST":
+                    uploaded = sum(_size(p.path) for p in wire.file_parts(job)) if job is not None else 0
+                    deadline = POST_DEADLINE + uploaded / UPLOAD_RATE
             request = self.http.build_request(
                 method, path, files=files, headers=self._headers(key),
                 extensions=extensions or None,
@@ -361,7 +363,8 @@ class ApiClient:
             tries += 1
             try:
                 answer = await self._send(
-                    "GET", f"/finetune/{ref}", timeout=REACH_TIMEOUT
+                    "GET", f"/finetune/{ref}", timeout=REACH_TIMEOUT,
+                    deadline=max(1.0, min(GET_DEADLINE, budget - (self.clock() - started))),
                 )
             except Transient as exc:
                 spent = self.clock() - started
