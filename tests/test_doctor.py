@@ -127,3 +127,53 @@ def test_doctor_trace_http_records_both_requests(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in raw.splitlines()]
     assert [(line["method"], line["response"]["status"]) for line in lines] == [("GET", 400), ("POST", 422)]
     assert SECRET not in raw
+
+
+class StandIn:
+    """A tiny ASGI app answering the status request and the probe as the test says."""
+
+    def __init__(self, get: tuple[int, bytes], post: tuple[int, bytes]) -> None:
+        self.answers = {"GET": get, "POST": post}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        status, body = self.answers[scope["method"]]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize(
+    ("get", "post", "code", "expect"),
+    [
+        ((200, b'{"data": []}'), (422, b'{"detail": "bad form"}'), 0,
+         {"answers": "warn", "idempotency": "ok"}),
+        ((404, b'{"detail": "Not Found"}'), (502, b"<html>bad gateway</html>"), 0,
+         {"answers": "ok", "idempotency": "warn"}),
+        ((400, b'{"message": "no"}'), (200, b'{"data": {"id": "x"}}'), 1,
+         {"answers": "ok", "idempotency": "FAIL"}),
+    ],
+    ids=["unknown-word-reads-as-running", "probe-5xx", "probe-accepted"],
+)
+def test_answers_no_sandbox_gives_are_described(
+    tmp_path: Path, get: tuple[int, bytes], post: tuple[int, bytes], code: int, expect: dict[str, str]
+) -> None:
+    """An API whose status request for a word that cannot exist answers 200 (``warn``: a
+    wrong word would look the same), whose probe gets a 5xx (``warn``: nothing learnt) or a
+    200 (``FAIL``: it accepted a form with no images)."""
+    from runner.sandbox.config import SandboxConfig
+    from runner.sandbox.serve import start_server
+
+    with start_server(SandboxConfig(state_dir=tmp_path / "unused"), app=StandIn(get, post)) as server:
+        got, doc, stderr = doctor_json("--endpoint", server.url, cwd=tmp_path)
+    assert got == code, (doc, stderr)
+    checks = by_name(doc)
+    for name, status in expect.items():
+        assert checks[name]["status"] == status, checks[name]
+    answers = checks["answers"]["answers"]
+    assert [a["status"] for a in answers] == [get[0], post[0]]
+    if get[0] == 200:
+        assert answers[0]["reads_as"] == "running" and "cannot exist was answered 200" in checks["answers"]["detail"]

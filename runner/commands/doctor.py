@@ -303,9 +303,12 @@ def _answers(report: Report, answers: list[dict[str, Any]]) -> None:
             text += f", reads as {a['reads_as']}"
         lines.append(text)
     status = "ok"
-    if any(a.get("status") == 200 and a["request"].startswith("GET") for a in answers):
-        # A trigger word that cannot exist answered 200: a lost word would read as this too.
+    odd = next((a for a in answers if a.get("status") == 200 and a["request"].startswith("GET")), None)
+    if odd is not None:
+        # A trigger word that cannot exist answered 200: a wrong word would read so too.
         status = "warn"
+        lines.append(f"a trigger word that cannot exist was answered 200 (reads as {odd.get('reads_as')}): "
+                     "a wrong trigger word would look the same; please send us this answer")
     report.add("answers", status, "\n".join(lines) or "none", answers=answers)
 
 
