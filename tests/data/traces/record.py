@@ -3,10 +3,11 @@
 For each dialect (default: all of ``runner.sandbox.config.DIALECTS``) this serves the
 sandbox on loopback, runs ``runner apply --trace-http`` of a 2-job manifest (one image each)
 as a subprocess, and writes the trace to ``<dialect>.jsonl`` here, normalised so a fixture
-does not depend on the machine it was recorded on: the sandbox's URL becomes
-``http://127.0.0.1:8000``, and the volatile ``date`` header is dropped. Run it from the
-repository's root with the project's venv (``.venv/bin/python tests/data/traces/record.py``);
-tests/test_wire_replay.py replays every ``*.jsonl`` here.
+does not depend on the machine it was recorded on: the sandbox's host:port becomes
+``127.0.0.1:8000`` (URLs, bodies, the Host header), and the volatile ``date`` header is
+dropped. Run it from the repository's root with the project's venv
+(``.venv/bin/python tests/data/traces/record.py``); tests/test_wire_replay.py replays every
+``*.jsonl`` here.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def manifest(folder: Path, url: str) -> Path:
 
 
 def normalise(value: Any, url: str) -> Any:
+    """The server's host:port (in URLs, bodies and the Host header) made stable."""
     if isinstance(value, str):
-        return value.replace(url, STABLE_URL)
+        return value.replace(url.split("://", 1)[1], STABLE_URL.split("://", 1)[1])
     if isinstance(value, dict):
         return {k: normalise(v, url) for k, v in value.items()
                 if not (k in VOLATILE_HEADERS and isinstance(v, str))}
