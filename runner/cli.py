@@ -118,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-size", type=int, default=512, metavar="PX", help="longest side of embedded samples"
     )
+    p.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S",
+        help="deadline for fetching every sample together (default 120 s); late ones are shown as timed out",
+    )
+    p.add_argument(
+        "--image-timeout", type=float, default=20.0, metavar="S",
+        help="deadline for one sample's download (default 20 s)",
+    )
+    p.add_argument(
+        "--allow-host", action="append", default=[], metavar="HOST",
+        help="also fetch https samples from HOST (or *.DOMAIN); repeatable",
+    )
 
     p = sub.add_parser("schema", parents=[common], help="print a JSON Schema")
     p.add_argument("which", nargs="?", choices=["manifest", "lockfile", "plan"], default="manifest")
@@ -125,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sandbox", parents=[common], help="the local stand-in for the finetune API")
     sandbox_sub = p.add_subparsers(dest="sandbox_command", metavar="SUBCOMMAND", required=True)
     s = sandbox_sub.add_parser("serve", parents=[common], help="run the sandbox HTTP server")
-    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument(
+        "--host", default="127.0.0.1",
+        help="beyond loopback (e.g. 0.0.0.0) needs --api-key; webhooks then never reach loopback",
+    )
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
     s.add_argument("--state-dir", default=".runner/sandbox", metavar="D")
     s.add_argument("--train-seconds", type=float, default=5.0, metavar="S")
@@ -136,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", action="append", default=[], metavar="K")
     s.add_argument("--allow-external-webhooks", action="store_true")
     s.add_argument("--max-upload-mb", type=float, default=100.0, metavar="MB")
+    s.add_argument(
+        "--max-trainings-per-key", type=int, default=1000, metavar="N",
+        help="quota: trainings one key may start (default 1000); then 402",
+    )
+    s.add_argument(
+        "--max-stored-mb-per-key", type=float, default=1024.0, metavar="MB",
+        help="quota: uploads one key may keep on disk (default 1024 MB); then 402",
+    )
     s.add_argument(
         "--fault-kinds",
         default=None,

@@ -6,15 +6,30 @@ later. So it is self-contained: every sample is resized with Pillow and embedded
 (``default-src 'none'``, images only from ``data:``, the inline style and script allowed by
 their hashes) makes the browser refuse any request the page might try.
 
-Where a sample comes from, in order:
+A lockfile arrives in pull requests, so its sample URLs are untrusted: fetching what it says
+would let anyone make CI send GETs to any port of the runner's machine or its network.
+Where a sample may come from (``FetchPolicy``), for the API the manifest targets:
 
-1. Over HTTP, when the URL is https or http to a loopback address (never plain http
-   elsewhere), with a short timeout; a host that refuses once is not asked again.
-2. For the embedded sandbox's URLs (``http://127.0.0.1:PORT/_sandbox/files/<id>/<name>``,
-   whose port died with the apply that used it), from the sandbox's state folder beside
-   the manifest (``.runner/sandbox``): the rendered file if it is there, else rendered by
-   the sandbox's own ``render_output`` from its database.
-3. Otherwise a placeholder card says the image is unavailable and why.
+- the embedded sandbox (``api.endpoint: sandbox``): only its state folder beside the
+  manifest (``.runner/sandbox``), for URLs of its file route
+  (``http://127.0.0.1:PORT/_sandbox/files/<id>/<name>``, whose port died with the apply):
+  the rendered file if it is there, else rendered in memory from its database. Never HTTP.
+- a loopback endpoint (``runner sandbox serve``): HTTP to exactly that origin (scheme, host,
+  port), and the state folder as above.
+- an https endpoint: https only, to the API's own origin or a sibling host under its parent
+  domain (``api.vimmerse.net`` -> ``dev-media.vimmerse.net``; default port, an IP address is
+  never a sibling, and a parent that looks like a public suffix such as ``co.uk`` is not
+  taken), plus the hosts of ``--allow-host``. Never loopback, never plain http.
+
+Everything else is refused without a request. Bounds: the whole fetching has a deadline
+(``--timeout``) and each sample its own (``--image-timeout``), measured in wall time (a
+server dripping one byte a second is cut off, and a stuck worker is abandoned, never
+waited for); downloads stop at ``MAX_DOWNLOAD`` bytes; images with more than
+``MAX_PIXELS`` pixels are refused after reading their header, before decoding, and only a
+few decode at once; state files are opened with no symlink at any step, as regular files
+only, up to a size cap (``runner.sandbox.files``), and the database read-only. A refused
+or failed sample becomes a card saying why ("not from the API's origin", "too large",
+"timed out").
 
 ``build_cards`` does the I/O; ``render_html`` is a pure function of the cards.
 """
@@ -25,26 +40,41 @@ import base64
 import hashlib
 import html
 import io
+import ipaddress
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from runner.endpoint import is_loopback, sandbox_state_dir
+from runner.endpoint import SANDBOX, api_identity, is_loopback_identity, sandbox_state_dir
 from runner.lockfile import LockEntry
 
-FETCH_TIMEOUT = 3.0  # seconds; a gallery must not hang on a dead host
-CONNECT_TIMEOUT = 1.0
-MAX_DOWNLOAD = 32 * 1024 * 1024  # bytes; larger answers are not images we want to embed
+DEFAULT_TIMEOUT = 120.0  # seconds, for all the fetching of one report together
+DEFAULT_IMAGE_TIMEOUT = 20.0  # seconds, for one sample
+CONNECT_TIMEOUT = 3.0
+GIVE_UP_GRACE = 1.0  # after a sample's own deadline, before its worker is abandoned
+MAX_DOWNLOAD = 20 * 1024 * 1024  # bytes, per sample; also the cap of a state file
+MAX_DATABASE = 512 * 1024 * 1024  # bytes: the sandbox database a report may read
+MAX_PIXELS = 24_000_000  # checked before decoding: 72 MB as RGB, never gigabytes
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # what a sample can be; never EPS or the like
 DEFAULT_IMAGE_SIZE = 512  # longest side of an embedded sample, in pixels
-FETCH_WORKERS = 8
+FETCH_WORKERS = 6
+DECODE_SLOTS = 2  # images decoded at once: bounds memory
+NOT_FROM_ORIGIN = "not from the API's origin"
 SANDBOX_FILE = re.compile(
     r"^http://(?:127\.0\.0\.1|localhost|\[::1\]):\d+/_sandbox/files/([A-Za-z0-9]+)/([A-Za-z0-9_]+\.png)$"
+)
+# Two-label suffixes under which unrelated parties register names (co.uk, com.au, ...): a
+# parent domain that looks like one is not a "site", so its hosts are not siblings. An
+# approximation of the Public Suffix List that errs towards refusing; --allow-host widens.
+_SHARED_SECOND_LEVEL = frozenset(
+    ("ac", "co", "com", "edu", "gob", "gov", "gv", "go", "int", "ltd", "me", "mil", "ne", "net",
+     "nic", "nom", "or", "org", "plc", "sch")
 )
 
 
@@ -83,33 +113,137 @@ class Section:
     error: str | None = None
 
 
+class TooLarge(ValueError):
+    """An image refused for its size, before it was decoded."""
+
+
+# -- where samples may come from -------------------------------------------------------------
+
+
+def normalize_allowed_host(value: str) -> str:
+    """``--allow-host`` value -> ``host`` or ``*.domain`` (lower case); ValueError if it is
+    not a bare host name."""
+    text = value.strip().lower().rstrip(".")
+    wildcard = text.startswith("*.")
+    name = text[2:] if wildcard else text
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", name):
+        raise ValueError(
+            f"--allow-host takes a host name such as cdn.example.com or *.example.com, not {value!r}"
+        )
+    return ("*." if wildcard else "") + name
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def site_of(host: str) -> str | None:
+    """The domain whose hosts count as siblings of the API's ``host``: its parent domain
+    (``api.vimmerse.net`` -> ``vimmerse.net``), or the host itself when the parent would be
+    a public suffix or a top-level domain; None for an IP address."""
+    host = host.lower().rstrip(".")
+    if not host or _is_ip(host):
+        return None
+    labels = host.split(".")
+    if len(labels) < 2:
+        return None
+    parent = labels[1:]
+    if len(parent) < 2:
+        return host
+    if len(parent) == 2 and len(parent[1]) == 2 and parent[0] in _SHARED_SECOND_LEVEL:
+        return host
+    return ".".join(parent)
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Where one manifest's samples may be read from (module docstring)."""
+
+    api: str  # runner.endpoint.api_identity of the endpoint the manifest targets
+    allow_hosts: tuple[str, ...] = ()  # normalize_allowed_host values
+
+    @property
+    def local(self) -> bool:
+        """The sandbox, or a loopback endpoint: its state folder may be read."""
+        return is_loopback_identity(self.api)
+
+    def reads_state(self, url: str) -> bool:
+        return self.local and SANDBOX_FILE.match(url) is not None
+
+    def _allowed(self, host: str) -> bool:
+        for allowed in self.allow_hosts:
+            if allowed.startswith("*."):
+                if host.endswith(allowed[1:]):
+                    return True
+            elif host == allowed:
+                return True
+        return False
+
+    def http_refusal(self, url: str) -> str | None:
+        """None when ``url`` may be requested; else why not, without any request."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            return "not a valid URL"
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("http", "https") or not host:
+            return "not an http(s) URL"
+        if "@" in parts.netloc:
+            return NOT_FROM_ORIGIN + " (a URL with user info)"
+        if self.api != SANDBOX and api_identity(url) == self.api:
+            return None
+        if parts.scheme != "https" or port not in (None, 443):
+            return NOT_FROM_ORIGIN
+        host = host.rstrip(".")
+        if self._allowed(host):
+            return None
+        if self.local:
+            return NOT_FROM_ORIGIN
+        api_host = (urlsplit(self.api).hostname or "").lower()
+        site = site_of(api_host)
+        if site and not _is_ip(host) and (host == site or host.endswith("." + site)):
+            return None
+        return NOT_FROM_ORIGIN
+
+
 # -- fetching ------------------------------------------------------------------------------
 
 
-def may_fetch(url: str) -> bool:
-    """https anywhere, http only to this machine: a report never sends cleartext requests out."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return bool(parts.hostname)
-    return parts.scheme == "http" and bool(parts.hostname) and is_loopback(parts.hostname or "")
-
-
 class Fetcher:
-    """Gets sample bytes over HTTP or from a sandbox state folder; thread-safe."""
+    """Gets sample bytes over HTTP or from a sandbox state folder, within its deadlines;
+    thread-safe. ``deadline`` is a ``time.monotonic()`` value."""
 
-    def __init__(self, timeout: float = FETCH_TIMEOUT) -> None:
+    def __init__(
+        self,
+        deadline: float | None = None,
+        image_timeout: float = DEFAULT_IMAGE_TIMEOUT,
+        max_bytes: int = MAX_DOWNLOAD,
+    ) -> None:
         import httpx
 
+        self.deadline = time.monotonic() + DEFAULT_TIMEOUT if deadline is None else deadline
+        self.image_timeout = image_timeout
+        self.max_bytes = max_bytes
         self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+            timeout=httpx.Timeout(image_timeout, connect=min(CONNECT_TIMEOUT, image_timeout)),
             follow_redirects=False,
-            trust_env=False,  # a proxy from the environment must not see loopback URLs
+            trust_env=False,  # a proxy from the environment must not see these URLs
+            # Bytes as sent (iter_raw), so the byte cap counts what arrives: no gzip bomb.
+            headers={"Accept-Encoding": "identity"},
         )
         self._dead_hosts: set[str] = set()
         self._lock = threading.Lock()
         self._stores: dict[Path, Any] = {}
+        self.cancelled = threading.Event()
+        self.decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
 
     def close(self) -> None:
+        self.cancelled.set()
         self._client.close()
         with self._lock:
             for store in self._stores.values():
@@ -122,75 +256,160 @@ class Fetcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def http(self, url: str) -> tuple[bytes | None, str]:
+    def give_up(self) -> bool:
+        return self.cancelled.is_set() or time.monotonic() >= self.deadline
+
+    def http(self, url: str, policy: FetchPolicy) -> tuple[bytes | None, str]:
         import httpx
 
-        if not may_fetch(url):
-            return None, "not fetched: plain http to another machine"
+        refusal = policy.http_refusal(url)
+        if refusal:
+            return None, refusal
         host = urlsplit(url).netloc
         with self._lock:
             if host in self._dead_hosts:
                 return None, f"{host} is not reachable"
+        until = min(self.deadline, time.monotonic() + self.image_timeout)
+        left = until - time.monotonic()
+        if left <= 0 or self.cancelled.is_set():
+            return None, "timed out (the report's deadline passed)"
+        timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
         try:
-            with self._client.stream("GET", url) as response:
+            with self._client.stream("GET", url, timeout=timeout) as response:
                 if response.status_code != 200:
                     return None, f"HTTP {response.status_code}"
+                length = response.headers.get("content-length", "")
+                if length.isdigit() and int(length) > self.max_bytes:
+                    return None, f"too large (more than {self.max_bytes / 1e6:.0f} MB)"
                 chunks: list[bytes] = []
                 size = 0
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     size += len(chunk)
-                    if size > MAX_DOWNLOAD:
-                        return None, "larger than 32 MB"
+                    if size > self.max_bytes:
+                        return None, f"too large (more than {self.max_bytes / 1e6:.0f} MB)"
                     chunks.append(chunk)
+                    if time.monotonic() > until or self.cancelled.is_set():
+                        return None, f"timed out (still downloading after {self.image_timeout:g} s)"
                 return b"".join(chunks), ""
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+        except httpx.ConnectTimeout:
+            with self._lock:
+                self._dead_hosts.add(host)
+            return None, f"timed out connecting to {host}"
+        except httpx.TimeoutException:
+            return None, "timed out"
+        except httpx.ConnectError:
             with self._lock:
                 self._dead_hosts.add(host)
             return None, f"{host} is not reachable"
         except httpx.HTTPError as exc:
             return None, f"download failed ({type(exc).__name__})"
 
-    def sandbox_file(self, url: str, state_dir: Path) -> bytes | None:
-        """The file the embedded sandbox served at ``url``, read from its state folder."""
-        match = SANDBOX_FILE.match(url)
-        if not match or not state_dir.is_dir():
-            return None
-        asset_id, name = match.groups()
-        rendered = state_dir / "outputs" / asset_id / name
-        try:
-            return rendered.read_bytes()
-        except OSError:
-            pass
-        return self._render(state_dir, asset_id, name)
+    def sandbox_file(self, url: str, folder: Path) -> tuple[bytes | None, str]:
+        """The file the sandbox served at ``url``, from the state folder beside the manifest
+        in ``folder``: the rendered file if there, else rendered from the database."""
+        from runner.sandbox.files import Refused, read_beneath
 
-    def _render(self, state_dir: Path, asset_id: str, name: str) -> bytes | None:
-        """Not downloaded during the apply: render it the way the sandbox would have."""
-        database = state_dir / "sandbox.sqlite3"
-        if not database.exists():
-            return None
+        match = SANDBOX_FILE.match(url)
+        if not match:
+            return None, NOT_FROM_ORIGIN
+        asset_id, name = match.groups()
+        root, prefix = _state_root(folder)
+        try:
+            return read_beneath(root, (*prefix, "outputs", asset_id, name), self.max_bytes), ""
+        except FileNotFoundError:
+            pass
+        except Refused as exc:
+            return None, f"sandbox file refused: {exc.reason}"
+        except OSError as exc:
+            return None, f"sandbox file unreadable ({exc.strerror or exc})"
+        return self._render(root, prefix, asset_id, name)
+
+    def _render(
+        self, root: Path, prefix: tuple[str, ...], asset_id: str, name: str
+    ) -> tuple[bytes | None, str]:
+        """Not downloaded during the apply: render it the way the sandbox would have, in
+        memory (a report writes nothing but itself)."""
         from runner.sandbox import training
+        from runner.sandbox.files import Refused, open_beneath
         from runner.sandbox.store import Store
 
+        gone = "not in the sandbox's state folder"
         if name not in training.OUTPUT_NAMES:
-            return None
+            return None, gone
+        database = (*prefix, "sandbox.sqlite3")
+        try:
+            with open_beneath(root, database, MAX_DATABASE):
+                pass  # a regular file, reached without a symlink, not too large
+        except FileNotFoundError:
+            return None, gone
+        except Refused as exc:
+            return None, f"sandbox database refused: {exc.reason}"
+        except OSError as exc:
+            return None, f"sandbox database unreadable ({exc.strerror or exc})"
+        state_dir = root.joinpath(*prefix)
         try:
             with self._lock:
                 store = self._stores.get(state_dir)
                 if store is None:
-                    store = self._stores[state_dir] = Store(database)
+                    store = self._stores[state_dir] = Store.read_only(
+                        root.joinpath(*database), give_up=self.give_up
+                    )
             asset = store.get_asset_by_id(asset_id)
-            if asset is None or asset.status != training.SUCCESS:
-                return None
-            return training.render_output(asset, name, state_dir).read_bytes()
-        except Exception:  # a damaged or foreign state folder only costs the image
-            return None
+            if asset is None:
+                return None, gone
+            succeeded = asset.status == training.SUCCESS or (
+                asset.status not in training.FINAL
+                and training.phase_at(asset, time.time()) == training.SUCCESS
+            )
+            if not succeeded:
+                return None, f"the sandbox's training is {asset.status}"
+            with self.decode_slots:
+                return training.render_png(asset, name, state_dir), ""
+        except Exception as exc:  # a damaged or foreign state folder only costs the image
+            if self.give_up():
+                return None, "timed out (the report's deadline passed)"
+            return None, f"sandbox state unreadable ({type(exc).__name__})"
+
+
+def _state_root(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """(a trusted folder, the components below it to walk without following symlinks)."""
+    state_dir = sandbox_state_dir(folder)
+    try:
+        return folder, state_dir.relative_to(folder).parts
+    except ValueError:  # kept elsewhere (a per-user folder): trusted as it is
+        return state_dir, ()
+
+
+def _quiet_bomb_warning() -> None:
+    """Pillow warns on stderr about images we refuse ourselves (MAX_PIXELS is lower than its
+    limit): a stray line that would break ``--log-format json``. A process-wide filter
+    (``warnings.catch_warnings`` is not thread-safe), set again each time because test
+    runners reset filters; adding the same filter twice keeps one."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def embed(data: bytes, max_side: int) -> tuple[str, int, int]:
-    """A resized copy as a ``data:`` URI (JPEG, or PNG when the image has transparency)."""
+    """A resized copy as a ``data:`` URI (JPEG, or PNG when the image has transparency).
+
+    Raises ``TooLarge`` for an image of more than ``MAX_PIXELS``, read from its header
+    before any pixel is decoded (a 13000x13000 PNG of a few hundred KB would take GBs)."""
     from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as opened:
+    _quiet_bomb_warning()
+    try:
+        opened = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as exc:  # Pillow's own cap, far above ours
+        raise TooLarge(f"too large ({exc})") from None
+    with opened:
+        width, height = opened.size
+        if width * height > MAX_PIXELS:
+            raise TooLarge(
+                f"too large ({width}x{height} pixels; at most {MAX_PIXELS / 1e6:g} megapixels)"
+            )
         opened.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size, cheaply
         image = ImageOps.exif_transpose(opened)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -206,23 +425,116 @@ def embed(data: bytes, max_side: int) -> tuple[str, int, int]:
     return f"data:{mime};base64,{base64.b64encode(out.getvalue()).decode('ascii')}", width, height
 
 
-def load_sample(url: str, state_dir: Path, fetcher: Fetcher, max_side: int) -> Sample:
+def load_sample(
+    url: str, folder: Path, fetcher: Fetcher, max_side: int, policy: FetchPolicy
+) -> Sample:
+    """One sample of a manifest in ``folder``, by ``policy``; never raises."""
     sample = Sample(url)
-    data, problem = fetcher.http(url)
+    refusal = policy.http_refusal(url)
+    data: bytes | None = None
+    problem = refusal or ""
     source = "http"
-    if data is None:
-        data = fetcher.sandbox_file(url, state_dir)
+    if refusal is None:
+        data, problem = fetcher.http(url, policy)
+    if data is None and policy.reads_state(url):
+        data, problem = fetcher.sandbox_file(url, folder)
         source = "sandbox state"
     if data is None:
         sample.problem = problem or "not reachable"
         return sample
     try:
-        sample.data_uri, sample.width, sample.height = embed(data, max_side)
+        with fetcher.decode_slots:
+            sample.data_uri, sample.width, sample.height = embed(data, max_side)
+    except TooLarge as exc:
+        sample.problem = str(exc)
+        return sample
     except Exception as exc:  # not an image, truncated, a bomb: the card says so
         sample.problem = f"not a readable image ({type(exc).__name__})"
         return sample
     sample.source = source
     return sample
+
+
+class _Workers:
+    """Runs ``work(i)`` for i in range(count) on a few daemon threads, within deadlines.
+
+    The caller's thread only waits (in short slices, so SIGTERM's KeyboardInterrupt gets
+    through at once). A task still running ``per_task`` seconds after it started, or when
+    ``deadline`` passes, is given up: its sample says it timed out, its thread is abandoned
+    (daemon: it never holds up the exit) and replaced, so one stuck server cannot starve
+    the others.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        work: Callable[[int], Sample],
+        timed_out: Callable[[int, str], Sample],
+        workers: int,
+        deadline: float,
+        per_task: float,
+    ) -> None:
+        self._count = count
+        self._work = work
+        self._timed_out = timed_out
+        self._workers = max(1, min(workers, count))
+        self._deadline = deadline
+        self._per_task = per_task
+        self._cond = threading.Condition()
+        self._next = 0
+        self._running: dict[int, float] = {}  # task -> when it is given up
+        self._results: dict[int, Sample] = {}
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._loop, name="report-fetch", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stop or self._next >= self._count:
+                    return
+                index = self._next
+                self._next += 1
+                self._running[index] = min(self._deadline, time.monotonic() + self._per_task)
+            try:
+                sample = self._work(index)
+            except BaseException as exc:  # work never raises; if it does, only this sample
+                sample = self._timed_out(index, f"failed ({type(exc).__name__})")
+            with self._cond:
+                if self._running.pop(index, None) is None:
+                    return  # given up and replaced meanwhile: this thread is surplus
+                self._results[index] = sample
+                self._cond.notify_all()
+
+    def run(self) -> dict[int, Sample]:
+        with self._cond:
+            for _ in range(self._workers):
+                self._start()
+            try:
+                while len(self._results) < self._count:
+                    now = time.monotonic()
+                    if now >= self._deadline:
+                        break
+                    for index, until in list(self._running.items()):
+                        if now >= until:
+                            del self._running[index]
+                            self._results[index] = self._timed_out(index, "")
+                            self._start()
+                    self._cond.wait(0.1)
+            finally:
+                self._stop = True
+        for index in range(self._count):
+            if index not in self._results:
+                self._results[index] = self._timed_out(index, "the report's deadline passed")
+        return self._results
+
+    def idle(self) -> bool:
+        """No thread is still working (so shared clients may be closed)."""
+        return not any(t.is_alive() for t in self._threads)
 
 
 # -- collecting ------------------------------------------------------------------------------
@@ -246,7 +558,7 @@ def cards_for(manifest: str, names: Iterable[str], entries: dict[str, LockEntry]
                 entry.images,
                 entry.finished_at,
                 entry.error,
-                [Sample(url) for url in entry.results],
+                [Sample(str(url)) for url in entry.results],
             )
         )
     return cards
@@ -256,23 +568,47 @@ def fill_samples(
     sections: list[Section],
     folders: dict[str, Path],
     max_side: int = DEFAULT_IMAGE_SIZE,
-    fetcher_factory: Callable[[], Fetcher] = Fetcher,
+    fetcher_factory: Callable[..., Fetcher] = Fetcher,
+    *,
+    policies: dict[str, FetchPolicy] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    image_timeout: float = DEFAULT_IMAGE_TIMEOUT,
 ) -> None:
-    """Download or read every sample, a few at a time, in place."""
-    jobs: list[tuple[Card, int, Path]] = []
+    """Download or read every sample, a few at a time, in place, within ``timeout`` seconds
+    in all and ``image_timeout`` each; a manifest without a policy gets the sandbox's."""
+    jobs: list[tuple[Card, int, Path, FetchPolicy]] = []
     for section in sections:
-        state_dir = sandbox_state_dir(folders[section.manifest])
+        policy = (policies or {}).get(section.manifest) or FetchPolicy(SANDBOX)
         for card in section.cards:
             for i in range(len(card.samples)):
-                jobs.append((card, i, state_dir))
+                jobs.append((card, i, folders[section.manifest], policy))
     if not jobs:
         return
-    with fetcher_factory() as fetcher, ThreadPoolExecutor(FETCH_WORKERS) as pool:
-        loaded = pool.map(
-            lambda job: load_sample(job[0].samples[job[1]].url, job[2], fetcher, max_side), jobs
-        )
-        for (card, i, _state), sample in zip(jobs, loaded, strict=True):
-            card.samples[i] = sample
+    deadline = time.monotonic() + timeout
+    fetcher = fetcher_factory(deadline=deadline, image_timeout=image_timeout)
+
+    def work(index: int) -> Sample:
+        card, i, folder, policy = jobs[index]
+        if fetcher.give_up():
+            return timed_out(index, "the report's deadline passed")
+        return load_sample(card.samples[i].url, folder, fetcher, max_side, policy)
+
+    def timed_out(index: int, why: str) -> Sample:
+        card, i, _folder, _policy = jobs[index]
+        detail = why or f"more than {image_timeout:g} s"
+        return Sample(card.samples[i].url, problem=f"timed out ({detail})")
+
+    workers = _Workers(
+        len(jobs), work, timed_out, FETCH_WORKERS, deadline, image_timeout + GIVE_UP_GRACE
+    )
+    try:
+        results = workers.run()
+    finally:
+        fetcher.cancelled.set()
+        if workers.idle():
+            fetcher.close()
+    for index, (card, i, _folder, _policy) in enumerate(jobs):
+        card.samples[i] = results[index]
 
 
 # -- rendering -------------------------------------------------------------------------------

@@ -36,12 +36,15 @@ from runner.report_html import (
     STYLE,
     Card,
     Fetcher,
+    FetchPolicy,
     Sample,
     Section,
+    TooLarge,
     embed,
     load_sample,
-    may_fetch,
+    normalize_allowed_host,
     render_html,
+    site_of,
 )
 
 # -- a minimal DevTools client ----------------------------------------------------------------
@@ -260,63 +263,125 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_only_https_or_loopback_http_is_fetched() -> None:
-    """Plain http to another machine is never requested; https anywhere and loopback http are."""
-    assert may_fetch("https://cdn.example.com/a.png")
-    assert may_fetch("http://127.0.0.1:8000/_sandbox/files/a/sample_0.png")
-    assert may_fetch("http://localhost/x.png") and may_fetch("http://[::1]:9/x.png")
-    assert not may_fetch("http://example.com/a.png")
-    assert not may_fetch("file:///etc/passwd") and not may_fetch("data:image/png;base64,AA==")
+LIVE = FetchPolicy("https://api.vimmerse.net")
+SANDBOX_POLICY = FetchPolicy("sandbox")
 
 
-def test_non_loopback_http_sends_no_request(tmp_path: Path) -> None:
-    """A plain-http result URL elsewhere becomes a placeholder without any request being sent."""
+def test_fetch_rule_is_the_apis_origin_and_its_sibling_hosts() -> None:
+    """https to the API's origin or a host under its parent domain (the live service's
+    samples are on dev-media.vimmerse.net); nothing else, and never loopback from a remote API."""
+    assert LIVE.http_refusal("https://api.vimmerse.net/x/output.png") is None
+    assert LIVE.http_refusal("https://dev-media.vimmerse.net/c/ai_images/53c6eg9/output.png") is None
+    assert LIVE.http_refusal("https://vimmerse.net/a.png") is None
+    for url in (
+        "https://cdn.example.com/a.png",
+        "http://dev-media.vimmerse.net/a.png",  # plain http
+        "https://dev-media.vimmerse.net:8443/a.png",  # another port
+        "https://vimmerse.net.evil.com/a.png",
+        "https://api.vimmerse.net@evil.com/a.png",
+        "https://127.0.0.1/a.png",
+        "http://127.0.0.1:8000/_sandbox/files/a/sample_0.png",
+        "https://10.0.0.1/a.png",
+        "file:///etc/passwd",
+        "data:image/png;base64,AA==",
+    ):
+        assert LIVE.http_refusal(url), url
+    assert not LIVE.reads_state("http://127.0.0.1:8000/_sandbox/files/a/sample_0.png")
+
+
+def test_public_suffix_like_parents_are_not_sites() -> None:
+    """foo.co.uk's siblings are not all of co.uk; an IP address has no siblings."""
+    assert site_of("api.vimmerse.net") == "vimmerse.net"
+    assert site_of("foo.co.uk") == "foo.co.uk" and site_of("api.foo.co.uk") == "foo.co.uk"
+    assert site_of("10.0.0.1") is None
+    policy = FetchPolicy("https://foo.co.uk")
+    assert policy.http_refusal("https://bar.co.uk/a.png") and policy.http_refusal("https://img.foo.co.uk/a.png") is None
+    assert FetchPolicy("https://10.0.0.1").http_refusal("https://10.0.0.2/a.png")
+
+
+def test_allow_host_widens_the_rule_explicitly() -> None:
+    policy = FetchPolicy("https://api.vimmerse.net", (normalize_allowed_host("*.CloudFront.net"),
+                                                      normalize_allowed_host("img.example.com")))
+    assert policy.http_refusal("https://d1.cloudfront.net/x.png") is None
+    assert policy.http_refusal("https://img.example.com/x.png") is None
+    assert policy.http_refusal("https://other.example.com/x.png")
+    assert policy.http_refusal("http://img.example.com/x.png")  # still https only
+    for bad in ("https://x.com", "x.com/path", "x.com:443", ""):
+        with pytest.raises(ValueError):
+            normalize_allowed_host(bad)
+
+
+def test_sandbox_manifests_never_fetch_and_loopback_ones_only_their_origin() -> None:
+    url = "http://127.0.0.1:8000/_sandbox/files/a/sample_0.png"
+    assert SANDBOX_POLICY.http_refusal(url) and SANDBOX_POLICY.reads_state(url)
+    assert SANDBOX_POLICY.http_refusal("https://cdn.example.com/a.png")
+    local = FetchPolicy("http://127.0.0.1:8000")
+    assert local.http_refusal(url) is None and local.reads_state(url)
+    assert local.http_refusal(url.replace("8000", "8001"))
+    assert local.http_refusal("http://127.0.0.1:8000@127.0.0.1:9/x")
+
+
+def test_refused_url_sends_no_request(tmp_path: Path) -> None:
+    """A URL outside the rule becomes a placeholder without any request being sent."""
     sent: list[str] = []
     with Fetcher() as fetcher:
         fetcher._client = httpx.Client(
             transport=httpx.MockTransport(lambda r: sent.append(str(r.url)) or httpx.Response(200))
         )
-        sample = load_sample("http://example.com/sample.png", tmp_path, fetcher, 256)
+        for url in ("http://example.com/sample.png", "https://cdn.example.com/a.png", "http://127.0.0.1:9/x"):
+            sample = load_sample(url, tmp_path, fetcher, 256, LIVE)
+            assert sample.data_uri is None and "not from the API's origin" in sample.problem
     assert sent == []
-    assert sample.data_uri is None and "plain http" in sample.problem
 
 
-def test_sample_is_fetched_over_loopback_http_and_resized(tmp_path: Path) -> None:
-    """A reachable loopback URL is downloaded and embedded as a resized data: URI."""
+def test_sample_is_fetched_from_a_loopback_api_and_resized(tmp_path: Path) -> None:
+    """The manifest's own loopback origin is downloaded and embedded as a resized data: URI."""
     with _serve_png(_png((800, 600))) as base, Fetcher() as fetcher:
-        sample = load_sample(f"{base}/ok.png", tmp_path, fetcher, 200)
-        missing = load_sample(f"{base}/missing.png", tmp_path, fetcher, 200)
+        policy = FetchPolicy(base)
+        sample = load_sample(f"{base}/ok.png", tmp_path, fetcher, 200, policy)
+        missing = load_sample(f"{base}/missing.png", tmp_path, fetcher, 200, policy)
+        other = load_sample(f"{base}/ok.png", tmp_path, fetcher, 200, SANDBOX_POLICY)
     assert sample.source == "http"
     assert sample.data_uri and sample.data_uri.startswith("data:image/jpeg;base64,")
     assert (sample.width, sample.height) == (200, 150)
     assert missing.data_uri is None and missing.problem == "HTTP 404"
+    assert other.data_uri is None and "not from the API's origin" in other.problem
 
 
 def test_dead_sandbox_url_is_read_from_the_state_folder(tmp_path: Path) -> None:
-    """A sandbox URL whose port is gone is read from .runner/sandbox/outputs/<id>/<name>."""
+    """A sandbox URL (its port gone) is read from .runner/sandbox/outputs/<id>/<name>."""
     state = tmp_path / ".runner" / "sandbox"
     (state / "outputs" / "abc123").mkdir(parents=True)
     (state / "outputs" / "abc123" / "sample_0.png").write_bytes(_png((300, 300)))
     url = f"http://127.0.0.1:{_dead_port()}/_sandbox/files/abc123/sample_0.png"
     with Fetcher() as fetcher:
-        sample = load_sample(url, state, fetcher, 128)
-        gone = load_sample(url.replace("abc123", "zzz999"), state, fetcher, 128)
+        sample = load_sample(url, tmp_path, fetcher, 128, SANDBOX_POLICY)
+        gone = load_sample(url.replace("abc123", "zzz999"), tmp_path, fetcher, 128, SANDBOX_POLICY)
     assert sample.source == "sandbox state" and sample.data_uri
     assert (sample.width, sample.height) == (128, 128)
-    assert gone.data_uri is None and "not reachable" in gone.problem
+    assert gone.data_uri is None and "not in the sandbox's state" in gone.problem
 
 
 def test_sandbox_pattern_cannot_escape_the_state_folder(tmp_path: Path) -> None:
     """Path tricks in a sandbox-looking URL never read files outside the state folder."""
-    state = tmp_path / "state"
-    state.mkdir()
+    (tmp_path / ".runner" / "sandbox").mkdir(parents=True)
     (tmp_path / "secret.png").write_bytes(_png((10, 10)))
     with Fetcher() as fetcher:
         for url in (
             f"http://127.0.0.1:{_dead_port()}/_sandbox/files/../../secret.png",
             f"http://127.0.0.1:{_dead_port()}/_sandbox/files/%2e%2e/secret.png",
         ):
-            assert fetcher.sandbox_file(url, state) is None
+            assert fetcher.sandbox_file(url, tmp_path)[0] is None
+
+
+def test_a_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
+    """The header says more than MAX_PIXELS: refused as too large, no pixel decoded (the
+    file holds 64 bytes of pixel data, so decoding would fail differently)."""
+    from helpers import make_bomb_png
+
+    data = make_bomb_png(tmp_path / "bomb.png", 13_000, 13_000).read_bytes()
+    with pytest.raises(TooLarge, match=r"too large \(13000x13000 pixels"):
+        embed(data, 256)
 
 
 def test_embed_keeps_transparency_as_png() -> None:

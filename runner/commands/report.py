@@ -1,38 +1,64 @@
 """``runner report MANIFEST... -o report.html``: one self-contained HTML gallery of results.
 
 Reads each manifest (for its job list) and its lockfile (journal replayed; read-only),
-embeds the samples (see ``runner.report_html``) and writes the page atomically. With
-several manifests one that cannot be read is shown as such on the page and sets the exit
-code (the worst), while the others are still reported.
+embeds the samples (see ``runner.report_html``: only from the manifest's own API, within
+``--timeout``) and writes the page atomically, so an interrupted report (SIGINT/SIGTERM:
+exit 130 at once) leaves no file behind, nor half of one. With several manifests one that
+cannot be read is shown as such on the page and sets the exit code (the worst), while the
+others are still reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from runner import __version__, logsetup
+from runner.endpoint import target_identity
 from runner.errors import RunnerError, UsageError
 from runner.lockfile import read_lockfile
 from runner.manifests import expand_manifests, worst
-from runner.report_html import Section, cards_for, fill_samples, render_html, write_report
+from runner.report_html import (
+    FetchPolicy,
+    Section,
+    cards_for,
+    fill_samples,
+    normalize_allowed_host,
+    render_html,
+    write_report,
+)
 from runner.workspace import load, lockfile_for
+
+
+def _seconds(value: object, flag: str) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{flag} must be a number of seconds > 0, not {value!r}")
+    return float(value)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.image_size < 64 or args.image_size > 4096:
         raise UsageError("--image-size must be between 64 and 4096 pixels")
+    timeout = _seconds(getattr(args, "timeout", 120.0), "--timeout")
+    image_timeout = min(timeout, _seconds(getattr(args, "image_timeout", 20.0), "--image-timeout"))
+    try:
+        allowed = tuple(normalize_allowed_host(h) for h in getattr(args, "allow_host", None) or ())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     manifests = expand_manifests(args.manifests)
     sections: list[Section] = []
     folders: dict[str, Path] = {}
+    policies: dict[str, FetchPolicy] = {}
     codes: list[int] = []
     for manifest_path in manifests:
         try:
             manifest = load(manifest_path)
             entries = read_lockfile(lockfile_for(manifest, None)).entries
+            api = target_identity(manifest, None, os.environ)
         except RunnerError as exc:
             if len(manifests) == 1:
                 raise
@@ -44,8 +70,16 @@ def run(args: argparse.Namespace) -> int:
         names = {job.name for job in manifest.jobs} | set(entries)
         sections.append(Section(manifest_path, cards_for(manifest_path, names, entries)))
         folders[manifest_path] = manifest.folder
+        policies[manifest_path] = FetchPolicy(api, allowed)
         codes.append(0)
-    fill_samples([s for s in sections if s.error is None], folders, args.image_size)
+    fill_samples(
+        [s for s in sections if s.error is None],
+        folders,
+        args.image_size,
+        policies=policies,
+        timeout=timeout,
+        image_timeout=image_timeout,
+    )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = Path(args.output)
     write_report(out, render_html(sections, generated_at=generated, version=__version__))

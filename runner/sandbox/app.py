@@ -46,7 +46,7 @@ from starlette.types import Message, Receive, Scope, Send
 from runner.sandbox import dialects, training
 from runner.sandbox.config import POST_ONLY_FAULTS, SandboxConfig
 from runner.sandbox.faults import STATUS_KINDS, FaultInjector, RateLimiter
-from runner.sandbox.store import InsufficientCredit, Store
+from runner.sandbox.store import InsufficientCredit, Quota, QuotaExceeded, Store
 from runner.sandbox.webhooks import WebhookSender
 
 log = logging.getLogger("runner.sandbox")
@@ -434,9 +434,9 @@ def _guarded(path: str) -> bool:
 # -- request checks ---------------------------------------------------------------------
 
 
-def _inspect_uploads(files: list[UploadFile]) -> list[tuple[str, str]]:
-    """(sha256, image format) for each upload, read from the spooled parts in chunks;
-    runs in a worker thread. Raises ClientMessage(400) for empty or non-image files."""
+def _inspect_uploads(files: list[UploadFile]) -> list[tuple[str, str, int]]:
+    """(sha256, image format, size in bytes) for each upload, read from the spooled parts in
+    chunks; runs in a worker thread. Raises ClientMessage(400) for empty or non-image files."""
     from PIL import Image
 
     out = []
@@ -458,7 +458,7 @@ def _inspect_uploads(files: list[UploadFile]) -> list[tuple[str, str]]:
             raise ClientMessage(
                 400, f"image_files[{index}] ({name!r}) is not an image the sandbox can read"
             ) from None
-        out.append((digest.hexdigest(), fmt or "bin"))
+        out.append((digest.hexdigest(), fmt or "bin", size))
     return out
 
 
@@ -734,7 +734,7 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
                         "image_urls",
                     )
                 }
-                | {"images": [d for d, _ in inspected]},
+                | {"images": [d for d, _, _ in inspected]},
                 sort_keys=True,
             ).encode()
         ).hexdigest()
@@ -825,12 +825,19 @@ async def _start_training(
     account: str,
     args: dict[str, Any],
     files: list[UploadFile],
-    inspected: list[tuple[str, str]],
+    inspected: list[tuple[str, str, int]],
     request_hash: str,
     idem: str | None,
 ) -> Response:
     store = sandbox.store
     config = sandbox.config
+    # Quotas before credit, and before anything is written: answered 402, the documented
+    # "this key cannot pay for more" (README "The sandbox", Exposing it).
+    quota = Quota(config.max_trainings_per_key, config.max_stored_bytes_per_key)
+    adding = sum(size for _, _, size in inspected)
+    refusal = quota.refusal(*store.usage(account), adding)
+    if refusal:
+        return _message(402, refusal)
     balance = store.ledger(account)["balance"]
     if balance is not None and balance < 1:
         return _message(402, f"Insufficient credit: this key has {balance} credits left")
@@ -838,7 +845,7 @@ async def _start_training(
     folder = config.state_dir / "uploads" / asset_id
     images: list[str] = []
     if files:
-        await run_in_threadpool(_store_uploads, files, [f for _, f in inspected], folder)
+        await run_in_threadpool(_store_uploads, files, [f for _, f, _ in inspected], folder)
         images = sorted(str(p.relative_to(config.state_dir)) for p in folder.iterdir())
     now = sandbox.clock()
     try:
@@ -860,10 +867,15 @@ async def _start_training(
             images=images,
             webhook_url=args["webhook_url"],
             request_hash=request_hash,
+            stored_bytes=adding,
+            quota=quota,
         )
     except InsufficientCredit as exc:
         shutil.rmtree(folder, ignore_errors=True)
         return _message(402, f"Insufficient credit: this key has {exc.args[0]} credits left")
+    except QuotaExceeded as exc:  # a concurrent request took the last of the quota
+        shutil.rmtree(folder, ignore_errors=True)
+        return _message(402, str(exc.args[0]))
     answer = dialects.post_answer(config.dialect, asset, str(request.base_url))
     body = json.dumps(answer).encode()
     if idem:

@@ -21,6 +21,11 @@ POST_ONLY_FAULTS: tuple[str, ...] = ("lost_post", "gateway_timeout")
 # The answer shapes the sandbox can speak (DESIGN section 7; README "The sandbox").
 DIALECTS: tuple[str, ...] = ("envelope", "args", "bare", "opaque")
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+# ``runner sandbox serve``'s per-key quotas (the programmatic default, used by the embedded
+# sandbox, is unlimited): enough for any test or demo, small enough that one key of an
+# exposed sandbox cannot fill its disk.
+DEFAULT_MAX_TRAININGS_PER_KEY = 1000
+DEFAULT_MAX_STORED_MB_PER_KEY = 1024
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,10 @@ class SandboxConfig:
     ``api_keys`` accepts any non-empty ``X-Api-Key``, each key being its own account.
     ``seed`` makes fault injection reproducible for tests. ``dialect`` picks the shapes of
     the POST and status answers (one of ``DIALECTS``; see ``runner.sandbox.dialects``).
+    ``max_trainings_per_key`` and ``max_stored_bytes_per_key`` are per-key quotas (None =
+    unlimited); past one, a POST is answered 402. ``exposed`` says the server listens beyond
+    loopback (``start_server`` sets it): webhooks then never go to loopback or private
+    addresses.
     """
 
     state_dir: Path
@@ -48,6 +57,9 @@ class SandboxConfig:
     # and never echoed, so clients must treat a lost POST answer as uncertain.
     idempotency: bool = True
     dialect: str = "envelope"
+    max_trainings_per_key: int | None = None
+    max_stored_bytes_per_key: int | None = None
+    exposed: bool = False
     # Webhook retry schedule: first retry after this many seconds, doubling each time.
     webhook_backoff: float = field(default=0.5, repr=False)
     webhook_attempts: int = field(default=6, repr=False)
@@ -89,6 +101,23 @@ class SandboxConfig:
             out.append("--api-key values must be non-empty and have no surrounding spaces")
         if not isinstance(self.max_upload_bytes, int) or self.max_upload_bytes < 1:
             out.append(f"--max-upload-mb must be > 0, not {self.max_upload_bytes!r}")
+        if self.max_trainings_per_key is not None and (
+            not isinstance(self.max_trainings_per_key, int) or self.max_trainings_per_key < 1
+        ):
+            out.append(
+                f"--max-trainings-per-key must be an integer >= 1, not {self.max_trainings_per_key!r}"
+            )
+        if self.max_stored_bytes_per_key is not None and (
+            not isinstance(self.max_stored_bytes_per_key, int) or self.max_stored_bytes_per_key < 1
+        ):
+            out.append(
+                f"--max-stored-mb-per-key must be > 0, not {self.max_stored_bytes_per_key!r}"
+            )
+        if self.exposed and not self.api_keys:
+            out.append(
+                "a sandbox listening beyond loopback needs at least one --api-key (it would"
+                " accept any key otherwise)"
+            )
         if self.webhook_attempts < 1 or self.webhook_backoff < 0:
             out.append("webhook retry settings must be positive")
         return out

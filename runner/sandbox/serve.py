@@ -7,11 +7,18 @@ port that is known (and accepting) by the time the context manager yields; the e
 The CLI runs the same thread-based server and waits in the main thread, because uvicorn's
 own signal handling re-raises SIGINT after shutdown (which would turn a clean stop into
 exit 130); here SIGINT/SIGTERM simply stop the server and ``run`` returns 0.
+
+Listening beyond loopback (``--host 0.0.0.0``, a LAN address, a host name) is *exposed*:
+it needs at least one ``--api-key`` (else any key would do), and the app is told so that
+its webhooks never reach loopback or private addresses (``runner.sandbox.webhooks``).
+Only literal loopback addresses and ``localhost`` count as loopback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import ipaddress
 import logging
 import signal
 import socket
@@ -26,7 +33,12 @@ from types import FrameType
 from typing import Any
 
 from runner.errors import UsageError
-from runner.sandbox.config import FAULT_KINDS, SandboxConfig
+from runner.sandbox.config import (
+    DEFAULT_MAX_STORED_MB_PER_KEY,
+    DEFAULT_MAX_TRAININGS_PER_KEY,
+    FAULT_KINDS,
+    SandboxConfig,
+)
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -41,6 +53,31 @@ class RunningSandbox:
     port: int
     config: SandboxConfig
     app: Any
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine: ``localhost`` or a literal
+    loopback address. Anything else (``0.0.0.0``, ``::``, a LAN address, a name) is exposed."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed_config(config: SandboxConfig, host: str) -> SandboxConfig:
+    """``config`` for a server bound to ``host``: marked exposed when it leaves loopback,
+    which refuses to exist without an API key (a UsageError that says so)."""
+    if is_loopback_host(host) or config.exposed:
+        return config
+    if not config.api_keys:
+        raise UsageError(
+            f"--host {host} listens beyond this machine: give at least one --api-key"
+            " (without one the sandbox accepts any key)"
+        )
+    return dataclasses.replace(config, exposed=True)
 
 
 def _url(host: str, port: int) -> str:
@@ -78,8 +115,11 @@ def start_server(
 
     from runner.sandbox.app import create_app
 
+    config = exposed_config(config, host)
     if app is None:
         app = create_app(config)
+    elif config.exposed and not app.state.sandbox.config.exposed:
+        raise UsageError(f"this app was made for loopback; make it with exposed=True for {host}")
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     server = uvicorn.Server(
@@ -133,7 +173,11 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         raise UsageError(f"--max-upload-mb must be > 0, not {max_mb!r}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {args.port}")
-    return SandboxConfig(
+    max_trainings = getattr(args, "max_trainings_per_key", DEFAULT_MAX_TRAININGS_PER_KEY)
+    stored_mb = getattr(args, "max_stored_mb_per_key", DEFAULT_MAX_STORED_MB_PER_KEY)
+    if not isinstance(stored_mb, int | float) or not stored_mb > 0 or stored_mb != stored_mb:
+        raise UsageError(f"--max-stored-mb-per-key must be > 0, not {stored_mb!r}")
+    config = SandboxConfig(
         state_dir=Path(args.state_dir),
         train_seconds=args.train_seconds,
         credits=args.credits,
@@ -147,7 +191,10 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         seed=getattr(args, "seed", None),
         idempotency=not getattr(args, "no_idempotency", False),
         dialect=getattr(args, "dialect", None) or "envelope",
+        max_trainings_per_key=max_trainings,
+        max_stored_bytes_per_key=max(1, int(stored_mb * 1024 * 1024)),
     )
+    return exposed_config(config, getattr(args, "host", "127.0.0.1"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,6 +218,16 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            if config.exposed:
+                print(
+                    f"listening beyond loopback: only the {len(config.api_keys)} given key(s)"
+                    " are accepted; webhooks never go to loopback or private addresses;"
+                    f" per key at most {config.max_trainings_per_key} trainings and"
+                    f" {(config.max_stored_bytes_per_key or 0) / 1048576:g} MB of uploads."
+                    " This is a stand-in, not a service: do not leave it exposed.",
+                    file=sys.stderr,
+                    flush=True,
+                )
             while not stop.wait(0.5):
                 pass
     finally:

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS accounts (
     credits_charged INTEGER NOT NULL DEFAULT 0,
     trainings INTEGER NOT NULL DEFAULT 0,
     posts INTEGER NOT NULL DEFAULT 0,
-    replays INTEGER NOT NULL DEFAULT 0
+    replays INTEGER NOT NULL DEFAULT 0,
+    stored_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS assets (
     id TEXT PRIMARY KEY,
@@ -65,6 +66,38 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 class InsufficientCredit(Exception):
     """The account's balance cannot pay for one more training."""
+
+
+class QuotaExceeded(Exception):
+    """The account has used its ``--max-trainings-per-key`` or ``--max-stored-mb-per-key``;
+    ``args[0]`` is the message for the client."""
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Per-key limits on what a key may keep on the sandbox's disk; None = unlimited."""
+
+    max_trainings: int | None = None
+    max_stored_bytes: int | None = None
+
+    def refusal(self, trainings: int, stored_bytes: int, adding_bytes: int) -> str | None:
+        """Why one more training of ``adding_bytes`` of uploads is refused, or None."""
+        if self.max_trainings is not None and trainings + 1 > self.max_trainings:
+            return (
+                f"sandbox quota: this API key has used all of its {self.max_trainings}"
+                " trainings (--max-trainings-per-key)"
+            )
+        if self.max_stored_bytes is not None and stored_bytes + adding_bytes > self.max_stored_bytes:
+            return (
+                f"sandbox quota: this upload ({_mb(adding_bytes)}) would take this API key's"
+                f" stored uploads to {_mb(stored_bytes + adding_bytes)}, above its"
+                f" {_mb(self.max_stored_bytes)} (--max-stored-mb-per-key)"
+            )
+        return None
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
 
 
 @dataclass(frozen=True)
@@ -126,6 +159,45 @@ class Store:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(assets)")}
         if "request_hash" not in columns:  # a state dir from before duplicates were hashed
             self._db.execute("ALTER TABLE assets ADD COLUMN request_hash TEXT")
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(accounts)")}
+        if "stored_bytes" not in columns:  # a state dir from before quotas: counts from now
+            self._db.execute(
+                "ALTER TABLE accounts ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0"
+            )
+
+    @classmethod
+    def read_only(cls, path: Path, give_up: Callable[[], bool] | None = None) -> Store:
+        """A store over a database someone else may have written (``runner report`` reads a
+        committed ``.runner/sandbox``): opened read-only and immutable (nothing is written,
+        no ``-wal``/``-shm`` file beside it is opened), its schema not trusted (no functions
+        from views or triggers), ``assets`` required to be a real table, and every query
+        abandoned once ``give_up()`` says so, so a hostile view cannot loop forever.
+        Only the reading methods work on it."""
+        from urllib.parse import quote
+
+        uri = "file:" + quote(str(path.absolute())) + "?mode=ro&immutable=1"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            if give_up is not None:
+                db.set_progress_handler(lambda: 1 if give_up() else 0, 1000)
+            db.execute("PRAGMA trusted_schema=OFF")
+            db.execute("PRAGMA cell_size_check=ON")
+            db.execute("PRAGMA query_only=ON")
+            kinds = dict(
+                db.execute(
+                    "SELECT name, type FROM sqlite_master WHERE name IN ('assets', 'accounts')"
+                ).fetchall()
+            )
+            if kinds.get("assets") != "table":
+                raise sqlite3.DatabaseError("not a sandbox database (no assets table)")
+        except BaseException:
+            db.close()
+            raise
+        store = cls.__new__(cls)
+        store._lock = threading.RLock()
+        store._db = db
+        return store
 
     def close(self) -> None:
         with self._lock:
@@ -163,6 +235,14 @@ class Store:
     def count_post(self, account: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE accounts SET posts = posts + 1 WHERE id = ?", (account,))
+
+    def usage(self, account: str) -> tuple[int, int]:
+        """(trainings, stored upload bytes) of the account so far."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT trainings, stored_bytes FROM accounts WHERE id = ?", (account,)
+            ).fetchone()
+        return (0, 0) if row is None else (int(row["trainings"]), int(row["stored_bytes"]))
 
     def count_replay(self, account: str) -> None:
         with self._tx() as db:
@@ -206,12 +286,22 @@ class Store:
         images: list[str],
         webhook_url: str | None,
         request_hash: str | None = None,
+        stored_bytes: int = 0,
+        quota: Quota | None = None,
     ) -> Asset:
         """Charge and insert in one transaction, so a training is never started unpaid
-        nor paid twice; the trigger word is drawn again on the (rare) collision."""
+        nor paid twice, and concurrent requests cannot together pass ``quota``; the trigger
+        word is drawn again on the (rare) collision. ``stored_bytes`` is what its uploads
+        take on disk, counted against the key's quota."""
         with self._tx() as db:
-            row = db.execute("SELECT balance FROM accounts WHERE id = ?", (account,)).fetchone()
+            row = db.execute(
+                "SELECT balance, trainings, stored_bytes FROM accounts WHERE id = ?", (account,)
+            ).fetchone()
             balance = None if row is None else row["balance"]
+            if quota is not None and row is not None:
+                refusal = quota.refusal(row["trainings"], row["stored_bytes"], stored_bytes)
+                if refusal:
+                    raise QuotaExceeded(refusal)
             if balance is not None and balance < cost:
                 raise InsufficientCredit(balance)
             for _ in range(100):
@@ -249,8 +339,8 @@ class Store:
             db.execute(
                 "UPDATE accounts SET balance = CASE WHEN balance IS NULL THEN NULL"
                 " ELSE balance - ? END, credits_charged = credits_charged + ?,"
-                " trainings = trainings + 1 WHERE id = ?",
-                (cost, cost, account),
+                " trainings = trainings + 1, stored_bytes = stored_bytes + ? WHERE id = ?",
+                (cost, cost, stored_bytes, account),
             )
         asset = self.get_asset(account, asset_id)
         assert asset is not None

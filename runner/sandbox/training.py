@@ -21,6 +21,7 @@ a captioned "sample" made from the first image, ``thumb_N.png`` their thumbnails
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import secrets
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runner.sandbox import files
 from runner.sandbox.store import Asset, Store
 
 QUEUED = "queue_bullet"
@@ -45,6 +47,12 @@ FAIL_MARKER = "FAIL"
 OUTPUT_NAMES = ("sample_0.png", "sample_1.png", "thumb_0.png", "thumb_1.png")
 MIME_TYPE = "image/png"
 APP_NAME = "sandbox"
+# What rendering a sample may read of one training image: the formats the sandbox's own
+# outputs and uploads use (never a format that runs a helper program, such as EPS), at most
+# this many bytes and pixels (checked before decoding: 24 MP is 72 MB as RGB).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+MAX_TILE_BYTES = 64 * 1024 * 1024
+MAX_TILE_PIXELS = 24_000_000
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -187,15 +195,29 @@ def render_output(asset: Asset, name: str, state_dir: Path) -> Path:
     if path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
+    image = _render(asset, name, state_dir)
+    tmp = out_dir / f".{name}.{secrets.token_hex(4)}.tmp"
+    image.save(tmp, format="PNG", optimize=False)
+    os.replace(tmp, path)
+    return path
+
+
+def render_png(asset: Asset, name: str, state_dir: Path) -> bytes:
+    """The PNG for ``name``, rendered in memory: nothing is written (``runner report``)."""
+    if name not in OUTPUT_NAMES:
+        raise KeyError(name)
+    out = io.BytesIO()
+    _render(asset, name, state_dir).save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
+def _render(asset: Asset, name: str, state_dir: Path) -> Any:
     from PIL import Image
 
     image = _sample(asset, state_dir, int(name[-5]))
     if name.startswith("thumb_"):
         image.thumbnail((256, 256), Image.Resampling.LANCZOS)
-    tmp = out_dir / f".{name}.{secrets.token_hex(4)}.tmp"
-    image.save(tmp, format="PNG", optimize=False)
-    os.replace(tmp, path)
-    return path
+    return image
 
 
 def _font(size: int) -> Any:
@@ -207,16 +229,33 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def _tile(state_dir: Path, rel: str, cell: int) -> Any:
+    """One training image as a square tile. Only the sandbox's own upload folder is read,
+    as regular files (``files.open_beneath``), only in the formats it accepts, and an image
+    with more than ``MAX_TILE_PIXELS`` is refused before it is decoded."""
+    from PIL import Image, ImageOps
+
+    parts = files.relative_parts(rel)
+    if parts[0] != "uploads":
+        raise files.Refused("not an upload")
+    with files.open_beneath(state_dir, parts, MAX_TILE_BYTES) as fh, Image.open(
+        fh, formats=IMAGE_FORMATS
+    ) as im:
+        width, height = im.size
+        if width * height > MAX_TILE_PIXELS:
+            raise files.Refused(f"too large ({width}x{height} pixels)")
+        im.draft("RGB", (cell * 2, cell * 2))
+        return ImageOps.fit(im.convert("RGB"), (cell, cell), Image.Resampling.BILINEAR)
+
+
 def _tiles(asset: Asset, state_dir: Path, limit: int, cell: int) -> list[Any]:
-    from PIL import Image, ImageDraw, ImageOps
+    from PIL import Image, ImageDraw
 
     tiles = []
     for rel in asset.images[:limit]:
         try:
-            with Image.open(state_dir / rel) as im:
-                im.draft("RGB", (cell * 2, cell * 2))
-                tile = ImageOps.fit(im.convert("RGB"), (cell, cell), Image.Resampling.BILINEAR)
-        except Exception:
+            tile = _tile(state_dir, rel, cell)
+        except Exception:  # unreadable, refused or too large: a grey tile says so
             tile = Image.new("RGB", (cell, cell), (90, 90, 90))
         tiles.append(tile)
     urls = asset.args.get("image_urls") or []

@@ -1,10 +1,19 @@
 """Webhook delivery: POST the finished asset's envelope to its ``webhook_url``.
 
 Delivery state lives in SQLite (``pending`` → ``delivered`` | ``failed`` | ``skipped``), so
-a restart resumes retries. Retries back off exponentially from ``webhook_backoff``. Only
-loopback hosts are called unless ``--allow-external-webhooks``: a sandbox that anyone can
-point at arbitrary URLs would be a request-forgery tool; an external URL is recorded as
-``skipped`` in the asset's history instead of failing the training.
+a restart resumes retries. Retries back off exponentially from ``webhook_backoff``. A
+sandbox that anyone can point at arbitrary URLs would be a request-forgery tool, so:
+
+- on loopback (the default), only loopback hosts are called unless
+  ``--allow-external-webhooks``;
+- bound beyond loopback (``config.exposed``), loopback is exactly what must not be called
+  (the host's own services): without ``--allow-external-webhooks`` nothing is called, and
+  with it only hosts whose every address is public (not loopback, private, link-local,
+  reserved...), the connection pinned to the address that was checked, so a DNS answer
+  that changes in between cannot point it back inside.
+
+A URL refused is recorded as ``skipped`` in the asset's history instead of failing the
+training.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import json
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -31,6 +41,44 @@ def _is_loopback_ip(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_public_address(address: str) -> bool:
+    """A global unicast address: not loopback, private, link-local, shared, reserved,
+    multicast or unspecified (an IPv4-mapped IPv6 address is judged as its IPv4 one)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def public_address(url: str) -> str | None:
+    """The address to call for ``url`` when every address its host resolves to is public;
+    None otherwise (or when it does not resolve)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = await anyio.to_thread.run_sync(
+            socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM
+        )
+    except (OSError, ValueError, UnicodeError):
+        return None
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses or not all(is_public_address(a) for a in addresses):
+        return None
+    return addresses[0]
+
+
+EXPOSED_NOTE = (
+    "webhook not sent: the sandbox listens beyond loopback, so it never calls loopback or"
+    " private addresses"
+)
 
 
 async def is_loopback_url(url: str) -> bool:
@@ -64,6 +112,36 @@ class WebhookSender:
             await self._client.aclose()
             self._client = None
 
+    async def _route(self, url: str) -> tuple[str | None, str, dict[str, Any]]:
+        """(why the URL is refused, or None; the URL to request; extra request options)."""
+        allow_external = self._config.allow_external_webhooks
+        if not self._config.exposed:
+            if allow_external or await is_loopback_url(url):
+                return None, url, {}
+            return (
+                "webhook not sent: not a loopback URL (start the sandbox with"
+                " --allow-external-webhooks to allow it)",
+                url,
+                {},
+            )
+        if not allow_external:
+            return EXPOSED_NOTE + " (and --allow-external-webhooks is off)", url, {}
+        address = await public_address(url)
+        if address is None:
+            return EXPOSED_NOTE, url, {}
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        shown = f"[{address}]" if ":" in address else address
+        netloc = f"{shown}:{parts.port}" if parts.port else shown
+        pinned = parts._replace(netloc=netloc).geturl()
+        host_header = f"[{host}]" if ":" in host else host
+        if parts.port:
+            host_header += f":{parts.port}"
+        extra: dict[str, Any] = {"headers": {"host": host_header}}
+        if parts.scheme == "https":
+            extra["extensions"] = {"sni_hostname": host}
+        return None, pinned, extra
+
     def due(self) -> list[str]:
         ids = self._store.due_webhook_ids(self._clock())
         return [i for i in ids if i not in self._in_flight]
@@ -82,29 +160,32 @@ class WebhookSender:
         if asset is None or asset.webhook_state != "pending" or not asset.webhook_url:
             return
         url = asset.webhook_url
-        if not self._config.allow_external_webhooks and not await is_loopback_url(url):
+        refusal, request_url, extra = await self._route(url)
+        if refusal:
             self._store.set_webhook(
                 asset_id,
                 state="skipped",
                 attempts=asset.webhook_attempts,
                 next_at=0,
-                note="webhook not sent: not a loopback URL (start the sandbox with"
-                " --allow-external-webhooks to allow it)",
+                note=refusal,
             )
             return
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+            # trust_env=False: a proxy from the environment would make the address check moot.
+            self._client = httpx.AsyncClient(timeout=5.0, follow_redirects=False, trust_env=False)
         attempts = asset.webhook_attempts + 1
         body = json.dumps(envelope(asset, asset.base_url)).encode()
         error: str | None = None
         try:
             response = await self._client.post(
-                url,
+                request_url,
                 content=body,
                 headers={
                     "content-type": "application/json",
                     "x-sandbox-webhook-attempt": str(attempts),
+                    **extra.get("headers", {}),
                 },
+                extensions=extra.get("extensions", {}),
             )
             if not response.is_success:
                 error = f"HTTP {response.status_code}"
