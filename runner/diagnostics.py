@@ -1,12 +1,17 @@
 """Diagnostics: one problem found in a user's file, pointing at file, line, column and key path.
 
 They accumulate (like Terraform's) so a user sees every problem at once, sorted by place.
+File names, key paths and messages come from outside (a pull request names the files and
+writes the keys and values quoted in messages), so ``format`` shows each on one line with
+its control characters escaped, and no line it makes can be taken for a CI command.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from runner.logsetup import clean, guard
 
 Severity = Literal["error", "warning"]
 
@@ -21,12 +26,12 @@ class Diagnostic:
     severity: Severity = "error"
 
     def format(self) -> str:
-        where = self.file
+        where = clean(self.file)
         if self.line:
             where += f":{self.line}:{self.col or 1}"
         prefix = "warning: " if self.severity == "warning" else ""
-        key = f"{self.path}: " if self.path else ""
-        return f"{where}: {prefix}{key}{self.message}"
+        key = f"{clean(self.path)}: " if self.path else ""
+        return guard(f"{where}: {prefix}{key}{clean(self.message)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

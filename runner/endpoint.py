@@ -29,13 +29,20 @@ DEFAULT_SANDBOX_TRAIN_SECONDS = 3.0
 
 
 def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    """A literal loopback address (``127.0.0.0/8``, ``::1``, ``::ffff:127.0.0.1``), or the
+    name ``localhost`` itself. Not ``*.localhost`` nor ``localhost.``: those go to the
+    system resolver like any other name, and it may send them anywhere."""
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def check_endpoint_url(url: str, source: str) -> str:

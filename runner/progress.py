@@ -1,5 +1,9 @@
 """The live terminal view of an apply (rich): a progress bar, a line per running job, and a
-final summary table. Used only on a terminal; CI gets one JSON log line per state change."""
+final summary table. Used only on a terminal; CI gets one JSON log line per state change.
+
+Job names, trigger words and messages come from outside (the lockfile, the API): they reach
+rich only as ``Text`` (never markup, so ``[link=...]`` in an error message stays text) and
+through ``logsetup.safe`` (control characters escaped), like every other view."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from runner.apply import ApplyResult, LogReporter
 from runner.lockfile import LockEntry
+from runner.logsetup import safe
 
 ACTIVE = ("submitting", "training", "uncertain")
 
@@ -41,7 +46,9 @@ class RichReporter:
         status = entry.status if entry else "skipped"
         self.jobs[name] = (action, status, entry.trigger_word if entry else None, message)
         if status in ("failed", "uncertain") and message:
-            self.console.print(f"[red]{name}[/]: {status}: {message}")
+            from rich.text import Text
+
+            self.console.print(Text.assemble((safe(name), "red"), f": {status}: ", safe(message)))
         self._update()
 
     def _update(self) -> None:
@@ -60,7 +67,7 @@ class RichReporter:
         table = Table(box=None, show_header=False, padding=(0, 1))
         running = [(n, v) for n, v in sorted(self.jobs.items()) if v[1] in ACTIVE]
         for name, (action, status, word, _m) in running[:20]:
-            table.add_row(name, action, status, word or "")
+            table.add_row(Text(safe(name)), action, status, Text(safe(word or "")))
         if len(running) > 20:
             table.add_row(f"… and {len(running) - 20} more", "", "", "")
         return Group(Group(bar, head), table)
@@ -69,6 +76,7 @@ class RichReporter:
 def print_summary_table(result: ApplyResult) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(stderr=True)
     table = Table(title="apply", show_lines=False)
@@ -80,9 +88,12 @@ def print_summary_table(result: ApplyResult) -> None:
             continue
         style = styles.get(o.status, "")
         detail = o.message if o.status != "succeeded" and o.message else ""
-        table.add_row(o.name, o.action, f"[{style}]{o.status}[/]" if style else o.status, o.trigger_word or "-", detail or "")
+        table.add_row(
+            Text(safe(o.name)), o.action, Text(o.status, style=style),
+            Text(safe(o.trigger_word or "-")), Text(safe(detail or "")),
+        )
     for name in result.pruned:
-        table.add_row(name, "orphan", "pruned", "-", "")
+        table.add_row(Text(safe(name)), "orphan", "pruned", "-", "")
     counts: dict[str, int] = {}
     for o in result.outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1

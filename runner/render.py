@@ -1,16 +1,30 @@
 """Views: plans, apply summaries and status as text, JSON or Markdown.
 
 Pure functions from values to strings, so every view is testable without a terminal.
+
+Job names, file names, reasons, messages, diffs and trigger words come from outside (a pull
+request, the lockfile, the API), and these views end up in terminals, CI logs and pull-request
+comments. So (STYLE habit 13):
+
+- text: each outside string through ``logsetup.clean`` (on one line, control characters
+  shown escaped: ``\x1b``, ``\n``, ``\u202e``), the whole view through ``logsetup.guard``
+  (no line starts a CI workflow command: ``\x3a:error ::...``; ``##[`` becomes ``#\x23[``);
+- rich: outside strings as ``rich.text.Text`` (never markup), cleaned and guarded;
+- JSON: ``logsetup.json_safe`` (the same data, with C1/bidi/``##[`` written as escapes);
+- Markdown: every outside string a code span (``md_code``), where nothing is markup, no
+  link, image, HTML or @mention, and that cannot leave its table cell.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from runner.endpoint import accepts, made_at
 from runner.lockfile import LockEntry
+from runner.logsetup import clean, clean_lines, guard, json_safe, safe
 from runner.plan import ACTIONS, Change, Plan
 
 if TYPE_CHECKING:  # runner.apply brings httpx and anyio, which plan and status never use
@@ -37,12 +51,15 @@ HEADINGS = {
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "version": 1,
         "manifest": plan.manifest,
         "summary": plan.summary(),
         "jobs": [_job_document(c) for c in plan.changes],
     }
+    if plan.trust is not None:  # where the key goes, and trust changes (runner.trust)
+        doc["trust"] = plan.trust.to_dict()
+    return doc
 
 
 def _job_document(change: Change) -> dict[str, Any]:
@@ -61,15 +78,30 @@ def _job_document(change: Change) -> dict[str, Any]:
 _SELF_EVIDENT = frozenset({"new job"})
 
 
-def _why(change: Change) -> str:
-    """The reasons, each changed value as ``field: old → new`` (in place of its reason)."""
-    shown = {key: f"{key}: {old} → {new}" for key, old, new in change.diff}
+def _why_parts(change: Change) -> list[str | tuple[str, str, str]]:
+    """The reasons, each changed value as ``(field, old, new)`` in place of its reason."""
+    shown: dict[str, str | tuple[str, str, str]] = {
+        key: (key, str(old), str(new)) for key, old, new in change.diff
+    }
     parts = [shown.pop(r, r) for r in change.reasons if r not in _SELF_EVIDENT]
-    return ", ".join([*parts, *shown.values()])
+    return [*parts, *shown.values()]
+
+
+def _why(change: Change) -> str:
+    """The reasons as text, each changed value as ``field: old → new``; every one cleaned."""
+    return ", ".join(
+        clean(p) if isinstance(p, str) else f"{clean(p[0])}: {clean(p[1])} → {clean(p[2])}"
+        for p in _why_parts(change)
+    )
+
+
+def dumps(doc: Any) -> str:
+    """A JSON document for stdout: indented, non-ASCII as it is, safe in a CI log."""
+    return json_safe(json.dumps(doc, indent=2, ensure_ascii=False)) + "\n"
 
 
 def plan_json(plan: Plan) -> str:
-    return json.dumps(plan_document(plan), indent=2, ensure_ascii=False) + "\n"
+    return dumps(plan_document(plan))
 
 
 def _summary_line(plan: Plan) -> str:
@@ -90,7 +122,7 @@ def _counts_phrase(counts: dict[str, int]) -> str:
 
 
 def plan_text(plan: Plan, *, show_noop: bool = False) -> str:
-    lines = [f"{plan.manifest}:"]
+    lines = [f"{clean(plan.manifest)}:"]
     for action in ACTIONS:
         changes = plan.with_action(action)
         if not changes or (action == "noop" and not show_noop):
@@ -100,23 +132,71 @@ def plan_text(plan: Plan, *, show_noop: bool = False) -> str:
         for change in changes:
             why = _why(change)
             why = f"  ({why})" if why else ""
-            lines.append(f"    {SYMBOLS[action]:>3} {change.name}{why}")
+            lines.append(f"    {SYMBOLS[action]:>3} {clean(change.name)}{why}")
     if not plan.has_changes and not plan.with_action("orphan"):
         lines.append("")
         lines.append("  No changes. Every job is up to date with the lockfile.")
     lines.append("")
     lines.append(_summary_line(plan))
-    return "\n".join(lines) + "\n"
+    return guard("\n".join(lines) + "\n")
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# -- Markdown ------------------------------------------------------------------------------
+# GitHub renders a plan comment: emphasis, links, images, raw HTML, @mentions and #refs in
+# plain text. Inside a code span none of them exist, so every outside string is one. What
+# is left to handle: backticks (a longer fence), a line break (escaped by ``clean``) and
+# ``|``, which GFM splits table cells on before any inline parsing, even inside a code
+# span: it needs an odd number of backslashes before it (``\\`` is an escaped backslash,
+# so ``\\|`` would end the cell).
+
+_PIPE = re.compile(r"(\\*)\|")
+_BACKTICKS = re.compile(r"`+")
+# Our own words (reasons such as "new job", field names): plain text is safe for these.
+_PLAIN = re.compile(r"[A-Za-z0-9 ,;()-]+")
+_FIELD = re.compile(r"[a-z][a-z_]*")
+
+
+def _pipes(text: str) -> str:
+    return _PIPE.sub(lambda m: m.group(1) * 2 + "\\|", text)
+
+
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span that stays in its table cell: nothing inside it is
+    markup, a link, HTML or a mention. An empty string is shown as ``(empty)``."""
+    text = _pipes(clean(text))
+    if not text:
+        return "(empty)"
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_words(text: str) -> str:
+    """A reason: plain if it is only words and simple punctuation, else a code span."""
+    return text if _PLAIN.fullmatch(text) else md_code(text)
+
+
+def _md_why(change: Change) -> str:
+    parts = _why_parts(change) or list(change.reasons)
+    return ", ".join(
+        _md_words(p) if isinstance(p, str)
+        else f"{p[0] if _FIELD.fullmatch(p[0]) else md_code(p[0])}: {md_code(p[1])} → {md_code(p[2])}"
+        for p in parts
+    )
+
+
+def _md_fenced(text: str) -> list[str]:
+    """A fenced code block holding ``text`` (line breaks kept), with a fence longer than
+    any run of backticks in it, so no line of it can close the block."""
+    body = clean_lines(text)
+    fence = "`" * max(3, max((len(run) for run in _BACKTICKS.findall(body)), default=0) + 1)
+    return [f"{fence}text", *body.split("\n"), fence]
 
 
 def plan_markdown(plan: Plan) -> str:
     counts = plan.summary()
     lines = [
-        f"### runner plan: `{plan.manifest}`",
+        f"### runner plan: {md_code(plan.manifest)}",
         "",
         " · ".join(f"**{counts[a]}** {a}" for a in ACTIONS),
         "",
@@ -125,12 +205,10 @@ def plan_markdown(plan: Plan) -> str:
     if shown:
         lines += ["| action | job | why |", "|---|---|---|"]
         for change in shown:
-            lines.append(
-                f"| {change.action} | `{_md_escape(change.name)}` | {_md_escape(_why(change) or ', '.join(change.reasons))} |"
-            )
+            lines.append(f"| {change.action} | {md_code(change.name)} | {_md_why(change)} |")
     else:
         lines.append("No changes: every job is up to date with the lockfile.")
-    return "\n".join(lines) + "\n"
+    return guard("\n".join(lines) + "\n")
 
 
 # -- many manifests ----------------------------------------------------------------------
@@ -149,8 +227,11 @@ def total_summary(plans: Iterable[Plan]) -> dict[str, int]:
 def plans_total_text(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
     """The closing line of a multi-manifest text plan (and the manifests that could not plan)."""
     lines = [f"Total over {len(plans) + len(failed)} manifests: {_counts_phrase(total_summary(plans))}."]
-    lines += [f"  not planned: {name}: {message.splitlines()[0] if message else ''}" for name, message in failed]
-    return "\n".join(lines) + "\n"
+    lines += [
+        f"  not planned: {clean(name)}: {clean(message.split(chr(10))[0]) if message else ''}"
+        for name, message in failed
+    ]
+    return guard("\n".join(lines) + "\n")
 
 
 def plans_json(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
@@ -161,7 +242,7 @@ def plans_json(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
         "manifests": [plan_document(p) for p in plans],
         "errors": [{"manifest": name, "message": message} for name, message in failed],
     }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return dumps(doc)
 
 
 def plans_markdown(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
@@ -175,13 +256,13 @@ def plans_markdown(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
     ]
     for plan in plans:
         counts = plan.summary()
-        lines.append(f"| `{_md_escape(plan.manifest)}` | " + " | ".join(str(counts[a]) for a in ACTIONS) + " |")
+        lines.append(f"| {md_code(plan.manifest)} | " + " | ".join(str(counts[a]) for a in ACTIONS) + " |")
     for name, _message in failed:
-        lines.append(f"| `{_md_escape(name)}` | " + " | ".join("—" for _ in ACTIONS) + " |")
+        lines.append(f"| {md_code(name)} | " + " | ".join("—" for _ in ACTIONS) + " |")
     lines.append("| **total** | " + " | ".join(f"**{totals[a]}**" for a in ACTIONS) + " |")
     for name, message in failed:
-        lines += ["", f"**`{_md_escape(name)}` could not be planned:**", "", "```text", message, "```"]
-    body = "\n".join(lines) + "\n"
+        lines += ["", f"**{md_code(name)} could not be planned:**", "", *_md_fenced(message)]
+    body = guard("\n".join(lines) + "\n")
     return body + "".join("\n" + plan_markdown(p) for p in plans)
 
 
@@ -214,22 +295,27 @@ def _elsewhere(row: dict[str, Any]) -> str:
 
 def status_text(rows: list[dict[str, Any]]) -> str:
     header = ("JOB", "STATUS", "TRIGGER WORD", "OPTION", "IMAGES", "DETAIL")
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     for row in rows:
         error = row.get("error") or {}
-        detail = "; ".join(filter(None, (_elsewhere(row), (error.get("message") or "")[:80])))
+        detail = "; ".join(filter(None, (_elsewhere(row), str(error.get("message") or "")[:80])))
         table.append(
-            (
-                row["name"],
-                row.get("status", ""),
-                row.get("trigger_word") or "-",
-                row.get("option") or "-",
-                str(row.get("images", "-")),
-                detail,
+            tuple(
+                clean(str(cell))
+                for cell in (
+                    row["name"],
+                    row.get("status", ""),
+                    row.get("trigger_word") or "-",
+                    row.get("option") or "-",
+                    row.get("images", "-"),
+                    detail,
+                )
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table) + "\n"
+    return guard(
+        "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table) + "\n"
+    )
 
 
 def apply_summary(result: ApplyResult) -> str:
@@ -240,13 +326,13 @@ def apply_summary(result: ApplyResult) -> str:
     for o in sorted(result.outcomes, key=lambda o: o.name):
         if o.action == "noop":
             continue
-        word = o.trigger_word or "-"
-        detail = f"  {o.message}" if o.message and o.status != "succeeded" else ""
-        lines.append(f"  {o.name:<30} {o.action:<8} {o.status:<10} {word}{detail}")
+        word = clean(o.trigger_word or "-")
+        detail = f"  {clean(o.message)}" if o.message and o.status != "succeeded" else ""
+        lines.append(f"  {clean(o.name):<30} {o.action:<8} {o.status:<10} {word}{detail}")
     for name in result.pruned:
-        lines.append(f"  {name:<30} {'orphan':<8} {'pruned':<10} -")
+        lines.append(f"  {clean(name):<30} {'orphan':<8} {'pruned':<10} -")
     head = "Apply: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "Apply: nothing to do"
-    return "\n".join([head, *lines]) + "\n"
+    return guard("\n".join([head, *lines]) + "\n")
 
 
 STATUS_STYLES = {
@@ -281,7 +367,10 @@ def status_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left", header_style="bold", expand=False)
+    table = Table(
+        title=Text(safe(title)) if title is not None else None,
+        title_justify="left", header_style="bold", expand=False,
+    )
     for header in ("job", "status", "trigger word", "option", "type", "images", "finished", "detail"):
         table.add_column(header, overflow="fold", justify="right" if header == "images" else "left")
     for row in rows:
@@ -292,17 +381,23 @@ def status_table(rows: list[dict[str, Any]], title: str | None = None) -> Any:
             detail = f"{error['status']}: {detail}"
         if row.get("made_elsewhere"):
             # Not this API's: its word must not be read as ready here.
-            cell = Text(f"{status} (made by {row.get('api')})", style="bold yellow")
+            cell = Text(safe(f"{status} (made by {row.get('api')})"), style="bold yellow")
         else:
-            cell = Text(status, style=STATUS_STYLES.get(status, ""))
+            cell = Text(safe(status), style=STATUS_STYLES.get(status, ""))
+        # Every cell a Text, never a str: rich would read "[...]" in outside text as markup.
         table.add_row(
-            row["name"],
+            Text(safe(str(row["name"]))),
             cell,
-            row.get("trigger_word") or "-",
-            row.get("option") or "-",
-            row.get("finetune_type") or "-",
-            str(row.get("images", "-")),
-            str(row.get("finished_at") or "-"),
-            detail,
+            *(
+                Text(safe(str(value)))
+                for value in (
+                    row.get("trigger_word") or "-",
+                    row.get("option") or "-",
+                    row.get("finetune_type") or "-",
+                    row.get("images", "-"),
+                    row.get("finished_at") or "-",
+                    detail,
+                )
+            ),
         )
     return table

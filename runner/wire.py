@@ -13,7 +13,9 @@ as success or failure:
 - POST 200 -> ``Submitted``: the trigger word searched for in ``TRIGGER_PLACES`` order,
   then the one string anywhere in the answer that starts with ``<lora_prefix>_``. None
   found is still a ``Submitted`` (the service took the job and its money), with the raw
-  answer kept for the lockfile.
+  answer kept for the lockfile. A trigger word is a plain word (``TRIGGER_WORD_PATTERN``):
+  it goes into URL paths, dotenv files and CI logs, so anything else in a trigger-word
+  field makes the answer unreadable instead of being searched past.
 - Status 200 -> ``Status`` or ``Unreadable``: the status word from ``data.status``,
   ``data.processing_status`` or ``data.state``; a non-empty list of ``{"URL"}`` or strings
   is success with those samples; an empty list, or ``progress_percentage`` below 100, is
@@ -25,6 +27,7 @@ as success or failure:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,15 @@ from runner.models import KONTEXT, Job
 
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # larger answers are unreadable: read no further
 KEEP_ANSWER_CHARS = 16 * 1024  # what the lockfile keeps of an answer we could not read
-MAX_TRIGGER_WORD = 256
+MAX_TRIGGER_WORD = 128
+# A letter or digit, then letters, digits, ``_``, ``.`` or ``-``: the sandbox's words
+# (``PREFIX_xxxxxx``, its prefixes up to 64 characters) and, as far as anyone knows, the
+# live service's. Never a path segment of its own (no ``/``, never ``.`` or ``..``), never an
+# option (no leading ``-``), nothing a shell, a dotenv reader or a terminal interprets.
+# ``(?!\n)$`` rather than ``$``: Python's ``$`` (and so jsonschema's ``pattern``, which
+# searches) also matches before a final newline. The lockfile schema has the same pattern.
+TRIGGER_WORD_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(?!\n)$"  # MAX_TRIGGER_WORD at most
+_TRIGGER_WORD = re.compile(TRIGGER_WORD_PATTERN)
 
 SUCCESS_WORDS = frozenset({"success", "succeeded", "completed", "complete", "done", "finished"})
 FAILURE_WORDS = frozenset(
@@ -173,14 +184,9 @@ def _json(body: bytes) -> tuple[bool, Any]:
         return False, None
 
 
-def _is_word(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_TRIGGER_WORD
-        and value == value.strip()
-        and value.isprintable()
-        and "/" not in value
-    )
+def is_trigger_word(value: Any) -> bool:
+    """Whether ``value`` is a trigger word runner accepts (``TRIGGER_WORD_PATTERN``)."""
+    return isinstance(value, str) and _TRIGGER_WORD.search(value) is not None
 
 
 def _strings(value: Any, depth: int = 0) -> Iterator[str]:
@@ -229,14 +235,23 @@ def read_submit(body: bytes, lora_prefix: str) -> Submitted:
         ("body", doc if isinstance(doc, str) else None),
         ("data", data if isinstance(data, str) else None),
     ]
-    found: tuple[str, str] | None = next(
-        ((place, value) for place, value in candidates if _is_word(value)), None
-    )
-    if found is None:
+    found: tuple[str, str] | None = None
+    odd = False  # a trigger-word field holds something that is not a trigger word
+    for place, value in candidates:
+        if is_trigger_word(value):
+            found = (place, value)
+            break
+        if place in _NAMED_PLACES and isinstance(value, str) and value:
+            # Unreadable, not a reason to look further: a decoy elsewhere in the answer
+            # must not be taken for the word the field should have held.
+            odd = True
+            break
+    if found is None and not odd:
         prefix = lora_prefix + "_"
         def plausible(s: str) -> bool:
-            # Not an echoed upload name (``SNKR_001.jpg``) nor a phrase: a bare word.
-            return (s.startswith(prefix) and _is_word(s) and not any(c.isspace() for c in s)
+            # Not an echoed upload name (``SNKR_001.jpg``) nor a phrase: a bare word. One
+            # that is not a plain word still counts, so that the answer is then ambiguous.
+            return (s.startswith(prefix) and not any(c.isspace() for c in s)
                     and not s.lower().endswith(tuple(_MIME)))
 
         if ok:
@@ -244,8 +259,8 @@ def read_submit(body: bytes, lora_prefix: str) -> Submitted:
         else:  # a plain-text answer: one word, and nothing else
             text = raw.strip()
             strings = {text} if plausible(text) else set()
-        if len(strings) == 1:
-            found = ("the one string starting with the lora_prefix", strings.pop())
+        if len(strings) == 1 and is_trigger_word(word := strings.pop()):
+            found = ("the one string starting with the lora_prefix", word)
     return Submitted(
         trigger_word=found[1] if found else None,
         asset_id=str(asset_id) if isinstance(asset_id, str | int) and asset_id != "" else None,
@@ -253,6 +268,10 @@ def read_submit(body: bytes, lora_prefix: str) -> Submitted:
         raw=raw,
         found_at=found[0] if found else None,
     )
+
+
+# Fields that hold nothing but the trigger word (not "body" or "data", which may be text).
+_NAMED_PLACES = frozenset({"data.trigger_word", "data.args.trigger_word", "trigger_word"})
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,7 @@ def _check_switched(capsys: pytest.CaptureFixture[str], manifest: Path) -> None:
 
     code, out, _ = cli(capsys, "plan", name, "--format", "markdown")
     assert out.count("| create | `") == 3
-    assert f"endpoint, api: sandbox → {LIVE}" in out
+    assert f"endpoint, api: `sandbox` → `{LIVE}`" in out
 
     code, out, _ = cli(capsys, "status", name)
     assert code == 0

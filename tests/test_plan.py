@@ -123,5 +123,5 @@ def test_text_and_markdown_show_the_endpoint_change() -> None:
     text = plan_text(plan)
     assert f"      + j  (endpoint, api: sandbox → {LIVE})\n" in text
     assert "      + new\n" in text  # a new job's reason is the heading itself
-    assert f"| create | `j` | endpoint, api: sandbox → {LIVE} |" in plan_markdown(plan)
+    assert f"| create | `j` | endpoint, api: `sandbox` → `{LIVE}` |" in plan_markdown(plan)
     assert "| create | `new` | new job |" in plan_markdown(plan)

@@ -12,6 +12,12 @@ images can still ask for a trigger word. Only succeeded jobs have one to give.
   every character outside ``[A-Z0-9_]`` replaced by ``_`` (``red-sneaker`` ->
   ``RED_SNEAKER``), since ``-`` and ``.`` are not valid in variable names.
 
+A trigger word is a plain word (``wire.TRIGGER_WORD_PATTERN``; the lockfile schema refuses
+any other). Should one get past it anyway, the forms that scripts consume (the single word,
+``--format env``, which ``$GITHUB_ENV`` reads line by line) refuse it (exit 1), naming the
+job, rather than pass on a newline that would add a ``BASH_ENV=`` line; JSON escapes it as
+JSON does, and the table shows it escaped.
+
 A trigger word exists only on the API that made it (DESIGN section 4). So output also
 reads one value of the manifest, ``api.endpoint`` (``RUNNER_ENDPOINT`` overrides it; no
 images, no validation, no key, no request), and refuses (exit 1) an entry made against
@@ -32,7 +38,9 @@ from pathlib import Path
 from runner.endpoint import SANDBOX, accepts, made_at, target_identity
 from runner.errors import InputError, UsageError
 from runner.lockfile import LockEntry, read_lockfile
+from runner.logsetup import clean, guard, json_safe, safe
 from runner.models import ApiSettings, Manifest
+from runner.wire import is_trigger_word
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,7 +155,7 @@ def env_name(job: str) -> str:
 
 def render(words: dict[str, str], fmt: str, *, single: bool = False) -> str:
     if fmt == "json":
-        return json.dumps(words, indent=2, ensure_ascii=False) + "\n"
+        return json_safe(json.dumps(words, indent=2, ensure_ascii=False)) + "\n"
     if fmt == "env":
         lines: list[str] = []
         seen: dict[str, str] = {}
@@ -155,19 +163,27 @@ def render(words: dict[str, str], fmt: str, *, single: bool = False) -> str:
             var = env_name(job)
             if var in seen:
                 raise UsageError(
-                    f"jobs {seen[var]!r} and {job!r} both become {var} in --format env; rename one"
+                    safe(f"jobs {seen[var]!r} and {job!r} both become {var} in --format env; rename one")
                 )
             seen[var] = job
-            lines.append(f"{var}={_env_value(word)}")
+            lines.append(f"{var}={_plain(job, word, '--format env')}")
         return "".join(line + "\n" for line in lines)
     if single:
-        return next(iter(words.values())) + "\n"
-    width = max((len(n) for n in words), default=0)
-    return "".join(f"{name.ljust(width)}  {word}\n" for name, word in words.items())
+        job, word = next(iter(words.items()))
+        return _plain(job, word, "the single-word form") + "\n"
+    width = max((len(clean(n)) for n in words), default=0)
+    return guard("".join(f"{clean(name).ljust(width)}  {clean(word)}\n" for name, word in words.items()))
 
 
-def _env_value(word: str) -> str:
-    """Trigger words are plain ([A-Za-z0-9_.-]); anything else is single-quoted for dotenv."""
-    if re.fullmatch(r"[A-Za-z0-9_.:/-]*", word):
+def _plain(job: str, word: str, where: str) -> str:
+    """``word`` as it is, if it is a plain trigger word; else an error naming the job."""
+    if is_trigger_word(word):
         return word
-    return "'" + word.replace("'", "'\\''") + "'"
+    raise InputError(
+        safe(
+            f"job {job!r}: its trigger word {word!r} is not a plain word (a letter or digit, "
+            f"then letters, digits, '_', '.' or '-'), so {where} does not print it: a script "
+            "or dotenv reader could take part of it for a command or another variable. "
+            "Check the lockfile: runner never writes such a word"
+        )
+    )

@@ -13,7 +13,6 @@ status cell on a terminal, the detail column when piped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -22,8 +21,10 @@ from runner import logsetup
 from runner.endpoint import accepts, made_at, target_identity
 from runner.errors import RunnerError
 from runner.lockfile import read_lockfile
+from runner.logsetup import clean, clean_lines, guard
 from runner.manifests import expand_manifests, worst
 from runner.render import (
+    dumps,
     status_counts,
     status_counts_phrase,
     status_rows,
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         except RunnerError as exc:
             if not many:
                 raise
-            print(f"error: {manifest_path}: {logsetup.redact(str(exc))}", file=sys.stderr)
+            message = clean_lines(logsetup.redact(str(exc)))
+            print(guard(f"error: {clean(manifest_path)}: {message}"), file=sys.stderr)
             codes.append(exc.exit_code)
             documents.append({"manifest": manifest_path, "error": logsetup.redact(str(exc))})
             continue
@@ -59,17 +61,17 @@ def run(args: argparse.Namespace) -> int:
             console.print(status_table(rows, title=manifest_path if many else None))
         else:
             if many:
-                sys.stdout.write(f"{manifest_path}:\n")
+                sys.stdout.write(guard(f"{clean(manifest_path)}:\n"))
             sys.stdout.write(status_text(rows))
             if many:
                 sys.stdout.write("\n")
     if args.format == "json":
         doc: dict[str, Any] = documents[0] if not many else {"manifests": documents}
-        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps(doc))
     elif many:
         line = f"Total over {len(manifests)} manifests: {status_counts_phrase(dict(sorted(totals.items())))}."
         if console is not None:
-            console.print(line)
+            console.print(line, markup=False, highlight=False)
         else:
             sys.stdout.write(line + "\n")
     return worst(codes)
