@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from runner import images as imagefiles
@@ -27,6 +27,9 @@ from runner import wire
 from runner.diagnostics import Diagnostic, Severity, format_path
 from runner.models import FINETUNE_TYPES, KONTEXT, OPTIONS, ApiSettings, Job
 from runner.yamlload import Document, PathPart
+
+if TYPE_CHECKING:
+    from runner.manifest import Template
 
 INHERITED = ("option", "finetune_type", "num_iterations", "lora_prefix", "prompt", "webhook_url")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)")
@@ -111,6 +114,9 @@ class Checker:
     check_images: bool = True
     # Filled with the stat of every file that passed its check, for fingerprinting to reuse.
     stats: dict[str, os.stat_result] | None = None
+    # ``webhook_url`` values that held ``${`` (manifest.Template), by path: the data keeps
+    # their source text; the URL check looks at the value and names only the source.
+    templates: dict[_PATH, Template] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     _uses: list[_Use] = field(default_factory=list)
 
@@ -175,10 +181,25 @@ class Checker:
             return {}
         out = {k: v for k, v in defaults.items() if k in INHERITED and _valid_field(k, v)}
         if isinstance(out.get("webhook_url"), str):
-            problem = url_problem(out["webhook_url"])
-            if problem and out["webhook_url"].lower().startswith(("http://", "https://")):
-                self.report(("defaults", "webhook_url"), problem)
+            self.check_webhook(("defaults", "webhook_url"), out["webhook_url"])
         return out
+
+    def check_webhook(self, where: _PATH, text: str) -> None:
+        template = self.templates.get(where)
+        if template is None:
+            problem = url_problem(text)
+            # a scheme problem is the schema's to report; the rest (bad host, port) is ours
+            if problem and text.lower().startswith(("http://", "https://")):
+                self.report(where, problem)
+            return
+        if template.value is None:
+            return  # a variable is not set: a warning here, an error for apply
+        problem = url_problem(template.value)
+        if problem and template.secret:
+            # The value is a secret: name the source, never the value or a piece of it.
+            self.report(where, f"{template.source} does not expand to an http(s) URL with a host (its value is not shown)")
+        elif problem:
+            self.report(where, problem)
 
     def check_names(self, jobs: list[Any]) -> None:
         first: dict[str, int] = {}
@@ -249,9 +270,7 @@ class Checker:
         if not kontext and not any(k in job for k in ("images", "image_urls", "pairs")):
             self.report(here, "no training images: set images, image_urls or pairs")
         if isinstance(job.get("webhook_url"), str):
-            problem = url_problem(job["webhook_url"])
-            if problem and job["webhook_url"].lower().startswith(("http://", "https://")):
-                self.report((*here, "webhook_url"), problem)
+            self.check_webhook((*here, "webhook_url"), job["webhook_url"])
 
         urls = self.check_urls(here, job.get("image_urls"))
         paths: list[Path] = []
@@ -263,6 +282,8 @@ class Checker:
         name = job.get("name")
         if not isinstance(name, str) or not all(_valid_field(k, merged[k]) for k in merged):
             return None
+        hook = self.templates.get((*here, "webhook_url") if "webhook_url" in job else ("defaults", "webhook_url"))
+        webhook_url = merged.get("webhook_url") if hook is None else hook.value
         return Job(
             name=name,
             option=option,
@@ -272,7 +293,8 @@ class Checker:
             prompt=merged.get("prompt") if kontext else None,
             images=tuple(paths),
             image_urls=tuple(urls),
-            webhook_url=merged.get("webhook_url"),
+            webhook_url=webhook_url,
+            webhook_source=hook.source if hook is not None and hook.secret else None,
             line=self.doc.position(here)[0],
         )
 

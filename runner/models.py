@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.diagnostics import Diagnostic
+
 OPTIONS = ("FluxFinetune", "FluxProFinetune", "FluxKontextFinetune")
 FINETUNE_TYPES = ("Auto", "Character", "Product", "Style")
 KONTEXT = "FluxKontextFinetune"
@@ -33,6 +35,11 @@ class Job:
 
     ``images`` are absolute paths in upload order; for Kontext they alternate start, end.
     ``line`` is the job's line in the manifest, for messages.
+
+    ``webhook_url`` is the value sent, ``${NAME}`` already expanded (None when a variable it
+    uses is not set: apply refuses to run then). ``webhook_source`` is the text the manifest
+    wrote when it expanded a variable: what every message and view shows, as the value is
+    a secret (DESIGN section 3); None when nothing was expanded.
     """
 
     name: str
@@ -44,6 +51,7 @@ class Job:
     images: tuple[Path, ...] = ()
     image_urls: tuple[str, ...] = ()
     webhook_url: str | None = None
+    webhook_source: str | None = None
     line: int = 0
 
     @property
@@ -56,6 +64,11 @@ class Manifest:
     path: Path  # absolute
     api: ApiSettings = field(default_factory=ApiSettings)
     jobs: tuple[Job, ...] = ()
+    # The top-level ``variables``: the only environment variables ``${NAME}`` may expand.
+    variables: tuple[str, ...] = ()
+    # One error per place that uses a declared variable which is not set: validate and
+    # plan only warn (they never need the value), apply refuses to send anything.
+    unset: tuple[Diagnostic, ...] = ()
 
     @property
     def folder(self) -> Path:

@@ -65,6 +65,8 @@ def _type(node: dict[str, Any]) -> str:
     kind = node.get("type", "any")
     if kind == "array":
         items = node.get("items", {})
+        if "pattern" in items and "x-error" not in items:
+            return f"list of {items.get('type', 'any')}s `{items['pattern']}`"
         return f"list of {_type(items)}s" if "type" in items else "list"
     limits = []
     if "minimum" in node:
@@ -92,6 +94,7 @@ def _rows(schema: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
     props = schema["properties"]
     add("version", props["version"], "version" in required_top)
+    add("variables", props["variables"], "variables" in required_top)
     for section in ("api", "defaults"):
         add(section, props[section], section in required_top)
         for name, node in props[section]["properties"].items():

@@ -72,20 +72,49 @@ def test_prompt_from_defaults_only_for_kontext(tmp_path: Path) -> None:
     assert [p.name for p in kontext.images] == ["s.png", "e.png"]
 
 
+def _declaring(path: Path, *names: str) -> Path:
+    """The manifest at ``path`` with a top-level ``variables`` list."""
+    text = path.read_text()
+    path.write_text(text.replace("version: 1\n", f"version: 1\nvariables: [{', '.join(names)}]\n", 1))
+    return path
+
+
 def test_env_expansion(tmp_path: Path) -> None:
-    """${VAR} comes from the given environ; $${ is a literal ${."""
+    """${VAR} of a declared variable comes from the given environ; $${ is a literal ${."""
     path = write_manifest(tmp_path, jobs=[{"name": "a", "webhook_url": "https://${HOST}/x?q=$${raw}"}])
-    job = load_or_raise(path, environ={"HOST": "hooks.example"}).jobs[0]
+    job = load_or_raise(_declaring(path, "HOST"), environ={"HOST": "hooks.example"}).jobs[0]
     assert job.webhook_url == "https://hooks.example/x?q=${raw}"
+    assert job.webhook_source == "https://${HOST}/x?q=$${raw}"  # what every view shows
 
 
-def test_unset_variable_positioned_at_dollar(tmp_path: Path) -> None:
-    """An unset variable is one error at the column of its ``${``, with no cascade."""
+def test_undeclared_variable_positioned_at_dollar(tmp_path: Path) -> None:
+    """A variable missing from ``variables`` is one error at the column of its ``${``,
+    with no cascade, even when the environment has it."""
     path = tmp_path / "m.yaml"
     path.write_text("version: 1\njobs:\n  - name: a\n    image_urls: ['https://x.example/a']\n    webhook_url: https://${NOPE}/x\n")
-    manifest, diags = load_manifest(path, environ={})
+    manifest, diags = load_manifest(path, environ={"NOPE": "hooks.example"})
     assert manifest is None
-    assert [d.format() for d in diags] == [f"{path}:5:26: jobs[0].webhook_url: environment variable NOPE is not set"]
+    assert [d.format() for d in diags] == [
+        f"{path}:5:26: jobs[0].webhook_url: ${{NOPE}}: NOPE is not declared in variables "
+        "(the top-level list of the variables ${...} may expand)"
+    ]
+
+
+def test_unset_declared_variable_warns_and_apply_would_refuse(tmp_path: Path) -> None:
+    """validate and plan never need the value: a declared variable that is not set is a
+    warning at its ``${``, and ``Manifest.unset`` holds the error apply raises."""
+    path = tmp_path / "m.yaml"
+    path.write_text("version: 1\nvariables: [NOPE]\njobs:\n  - name: a\n    image_urls: ['https://x.example/a']\n    webhook_url: https://${NOPE}/x\n")
+    manifest, diags = load_manifest(path, environ={})
+    assert manifest is not None
+    assert [d.format() for d in diags] == [
+        f"{path}:6:26: warning: jobs[0].webhook_url: ${{NOPE}}: environment variable NOPE is not set; "
+        "apply needs it (validate and plan do not)"
+    ]
+    assert [d.format() for d in manifest.unset] == [
+        f"{path}:6:26: jobs[0].webhook_url: ${{NOPE}}: environment variable NOPE is not set"
+    ]
+    assert manifest.jobs[0].webhook_url is None  # never the source text sent as a URL
 
 
 @pytest.mark.parametrize(

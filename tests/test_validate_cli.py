@@ -19,7 +19,7 @@ DATA_CASES = [
     ("wrong_enum.yaml", "4:13: jobs[0].option: 'FluxFinetuneX' is not one of"),
     ("both_sources.yaml", "3:5: jobs[0]: give images or image_urls, not both"),
     ("non_http_url.yaml", "6:9: jobs[0].image_urls[1]: must be an http:// or https:// URL"),
-    ("unset_var.yaml", "3:42: defaults.webhook_url: environment variable RUNNER_TEST_SURELY_UNSET_VAR is not set"),
+    ("undeclared_var.yaml", "3:42: defaults.webhook_url: ${RUNNER_TEST_SURELY_UNSET_VAR}: RUNNER_TEST_SURELY_UNSET_VAR is not declared in variables"),
     ("duplicate_names.yaml", "5:11: jobs[1].name: duplicate job name 'same' (first used at line 3)"),
     ("kontext_no_prompt.yaml", "3:5: jobs[0]: missing required key 'prompt'"),
     ("http_endpoint.yaml", "3:13: api.endpoint: http:// is only allowed to this machine"),
