@@ -347,6 +347,7 @@ class Applier:
             images=wire.image_count(job),
             submitted_at=utcnow(),
             api=self.api,
+            api_key_env=self.settings.api_key_env,
             attempt=attempt,
             idempotency_key=key,
             inputs=fp.inputs,

@@ -45,6 +45,7 @@ ENTRY_KEYS = (
     "finished_at",
     "error",
     "api",
+    "api_key_env",
     "answer",
     "attempt",
     "idempotency_key",
@@ -67,6 +68,9 @@ class LockEntry:
     error: dict[str, Any] | None = None
     # Where the entry was made: "sandbox" or an endpoint's origin (DESIGN section 4).
     api: str | None = None
+    # The variable the key for this entry is read from (runner.trust): a change is shown and
+    # needs approval. None in lockfiles written before it existed (read as the default).
+    api_key_env: str | None = None
     # The raw text of an answer runner could not read (first 16 KiB), kept for the user.
     answer: str | None = None
     attempt: int = 0
@@ -195,7 +199,7 @@ def _entry_strings(entries: dict[str, LockEntry]) -> Iterator[str]:
         yield name
         for value in (e.fingerprint, e.status, e.asset_id, e.trigger_word, e.option,
                       e.finetune_type, e.submitted_at, e.finished_at, e.idempotency_key, e.api,
-                      e.answer, *e.results):
+                      e.api_key_env, e.answer, *e.results):
             if type(value) is str:
                 yield value
         for mapping in (e.error, e.inputs):

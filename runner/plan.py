@@ -14,19 +14,24 @@
 Given ``api`` (the identity of the endpoint the run targets, ``endpoint.api_identity``),
 an entry made against an API the target does not accept counts as absent: ``create``
 with the reason ``endpoint``, whatever its status (DESIGN section 4).
+
+``Plan.trust`` (``runner.trust``, set by the commands with ``with_trust``) says where the
+key would go and what changed against the lockfile; a trust change is a change for
+``--detailed-exitcode`` even when every job is ``noop``.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from runner.endpoint import accepts, made_at
 from runner.errors import UsageError
 from runner.fingerprint import Fingerprinted
 from runner.lockfile import LockEntry
+from runner.trust import Trust, assess
 
 Action = Literal["create", "replace", "resume", "retry", "blocked", "noop", "orphan"]
 ACTIONS: tuple[Action, ...] = (
@@ -60,6 +65,7 @@ class Change:
 class Plan:
     manifest: str
     changes: tuple[Change, ...]
+    trust: Trust | None = None
 
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
@@ -69,7 +75,16 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
+        if self.trust is not None and self.trust.changes:
+            return True
         return any(c.action in CHANGE_ACTIONS for c in self.changes)
+
+    def with_trust(
+        self, api: str, api_key_env: str, entries: dict[str, LockEntry], variables: Sequence[str] = ()
+    ) -> Plan:
+        """This plan with ``trust``: the target and key variable against ``entries``, and
+        the manifest's ``variables`` (shown)."""
+        return replace(self, trust=assess(api, api_key_env, entries, variables))
 
     def with_action(self, *actions: str) -> list[Change]:
         return [c for c in self.changes if c.action in actions]

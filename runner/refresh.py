@@ -1,6 +1,10 @@
 """``--refresh`` for plan and status: ask the API about entries still training.
 
 Read-only: the answers change what is shown, never the lockfile (only apply writes it).
+A trust change that needs approval (``runner.trust``: the manifest now targets another
+endpoint, or reads the key from another variable, than the lockfile's entries were made
+with) is refused before the key is read: a pull request's plan never sends the key to a
+host nobody reviewed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from runner.lockfile import LockEntry
 from runner.models import Manifest
 from runner.plan import Plan, make_plan
 from runner.ratelimit import TokenBucket
+from runner.trust import assess, refuse
 from runner.workspace import Prepared
 
 
@@ -25,6 +30,7 @@ def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[s
     # Only entries made against the API the manifest targets now: another API's trigger
     # words are never sent to this one (nor is this key sent about them).
     target = target_identity(manifest, None, os.environ)
+    refuse(assess(target, manifest.api.api_key_env, entries), manifest.path.name, "--refresh")
     training = {
         n: e for n, e in entries.items()
         if e.status == "training" and e.trigger_word and accepts(target, made_at(e, target))

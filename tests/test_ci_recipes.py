@@ -126,6 +126,23 @@ def test_github_recipe_does_what_the_readme_says() -> None:
     assert "runner status" in commit["run"] and ".lock.journal" in commit["run"]
 
 
+def test_github_plan_job_gets_no_api_key() -> None:
+    """The pull-request job runs the pull request's manifests: no step, job or workflow env
+    gives it the API key (plan needs none), and it never asks the API (--refresh)."""
+    doc = _yaml(GITHUB)
+    plan = doc["jobs"]["plan"]
+    assert "VIMMERSE_API_KEY" not in str(doc.get("env", {}))
+    assert "VIMMERSE_API_KEY" not in str(plan.get("env", {}))
+    for step in plan["steps"]:
+        env = step.get("env", {})
+        assert "VIMMERSE_API_KEY" not in env, step
+        assert not any("VIMMERSE_API_KEY" in str(v) for v in env.values()), step
+        assert "--refresh" not in str(step.get("run", "")), step
+    # Only the apply job (on push to main) reads the secret.
+    users = [name for name, job in doc["jobs"].items() if "secrets.VIMMERSE_API_KEY" in str(job)]
+    assert users == ["apply"]
+
+
 # -- GitLab CI -------------------------------------------------------------------------------
 
 
@@ -158,6 +175,21 @@ def test_gitlab_recipe_does_what_the_readme_says() -> None:
     after = "\n".join(apply["after_script"])
     assert "git commit" in after and "git push" in after and ".lock.journal" in after
     assert "$CI_DEFAULT_BRANCH" in str(apply["rules"])
+
+
+def test_gitlab_merge_request_jobs_get_no_api_key() -> None:
+    """validate and plan (merge-request pipelines) drop the key before running runner, set
+    none themselves and never ask the API (--refresh); apply is the one job that uses it."""
+    doc = _yaml(GITLAB)
+    assert "VIMMERSE_API_KEY" not in str(doc.get("variables", {}))
+    for name in ("validate", "plan"):
+        job = doc[name]
+        assert "VIMMERSE_API_KEY" not in str(job.get("variables", {}))
+        script = [str(line) for line in job["script"]]
+        first_runner = next(i for i, line in enumerate(script) if "runner " in line)
+        assert any(line.startswith("unset VIMMERSE_API_KEY") for line in script[:first_runner]), script
+        assert "--refresh" not in " ".join(script)
+    assert "VIMMERSE_API_KEY" in GITLAB.read_text(encoding="utf-8").split("stages:")[0]  # documented
 
 
 # -- the published manifest schema (editor support) -------------------------------------------

@@ -1,4 +1,11 @@
-"""``runner apply``: take the lock, plan, guard the budget, submit and follow, write the lockfile."""
+"""``runner apply``: take the lock, plan, guard the budget, submit and follow, write the lockfile.
+
+Before anything is sent (phase 1, and again under the lock), two refusals for untrusted
+manifests: a declared variable a ``webhook_url`` uses is not set (``Manifest.unset``), and
+a trust change that needs approval (``runner.trust``: another endpoint or key variable than
+the lockfile's entries were made with) without ``--allow-trust-change``. Both exit 1 before
+the key is read.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +21,16 @@ import anyio
 from runner import logsetup
 from runner.apply import Applier, ApplyOptions, ApplyResult, LogReporter, Reporter
 from runner.client import ApiClient
+from runner.diagnostics import Diagnostic
 from runner.endpoint import Connection, connect, target_identity, with_api
 from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
-from runner.lockfile import LockSession
+from runner.lockfile import LockEntry, LockSession
 from runner.manifests import expand_manifests, worst
 from runner.models import Manifest
 from runner.plan import SUBMITTING_ACTIONS, Plan, make_plan
 from runner.ratelimit import TokenBucket
 from runner.render import apply_summary, plan_text
+from runner.trust import key_env_amendments, refuse, with_text
 from runner.workspace import Prepared, prepare
 
 log = logsetup.get_logger("runner.apply")
@@ -42,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     for manifest_path in manifests:
         try:
             one = prepare(manifest_path, args.lockfile, args.target, endpoint=args.endpoint)
+            trust_guard(one.manifest, one.display, one.api or "", one.state.entries, args)
             if args.max_submissions is None:
                 budget_guard(one.plan, one.manifest, args)
             prepared.append(one)
@@ -105,18 +115,40 @@ def budget_guard(plan: Plan, manifest: Manifest, args: argparse.Namespace) -> No
         )
 
 
+def trust_guard(
+    manifest: Manifest, display: str, target: str, entries: dict[str, LockEntry], args: argparse.Namespace
+) -> None:
+    """Refuse, before the key is read, an unset variable or an unapproved trust change."""
+    if manifest.unset:
+        raise InputError(
+            [*manifest.unset, Diagnostic(display, 0, 0, "", "set the variables above (declared in variables); nothing was submitted")]
+        )
+    if not getattr(args, "allow_trust_change", False):
+        from runner.trust import assess
+
+        refuse(assess(target, manifest.api.api_key_env, entries), display, "apply")
+
+
 def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
     manifest = prepared.manifest
     with LockSession(prepared.lockfile) as session:
         target = target_identity(manifest, args.endpoint, os.environ)
-        # Entries from before ``api`` existed gain it (inferred) on this run's write, once.
-        session.amend(with_api(session.state.entries, target))
+        # Again against the lockfile as it is under the lock, before anything is sent.
+        trust_guard(manifest, prepared.display, target, session.state.entries, args)
         # Re-plan against the lockfile as it is under the lock (another apply may have
         # finished since phase 1); the jobs' fingerprints are still the ones computed then.
         plan = make_plan(prepared.display, prepared.jobs, session.state.entries, args.target, api=target)
+        plan = plan.with_trust(target, manifest.api.api_key_env, session.state.entries, manifest.variables)
         budget_guard(plan, manifest, args)
+        assert plan.trust is not None
+        # Entries from before ``api`` existed gain it (inferred) on this run's write, once;
+        # and ``api_key_env`` likewise, or the approved new one (so approval is needed once).
+        session.amend(with_api(session.state.entries, target))
+        session.amend(
+            key_env_amendments(session.state.entries, manifest.api.api_key_env, approved=bool(plan.trust.changes))
+        )
         if not args.quiet:
-            sys.stderr.write(plan_text(plan))
+            sys.stderr.write(with_text(plan_text(plan), plan.trust))
         options = ApplyOptions(
             no_wait=args.no_wait,
             resubmit_uncertain=args.resubmit_uncertain,

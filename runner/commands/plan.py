@@ -5,6 +5,12 @@ as with one, then one summary: a total line (text), a totals table at the top (m
 for a single pull-request comment over a catalog) or one document wrapping the
 per-manifest plans (json). A manifest that cannot be planned is reported and the others
 still are; the exit code is the worst of all (1 beats 2 beats 0).
+
+Every view says where the key would go (``runner.trust``) and shows a trust change — the
+endpoint or key variable differs from what the lockfile's entries were made with — first,
+before the jobs (at the top of a many-manifest markdown comment); it counts as a change for
+``--detailed-exitcode``. ``--refresh`` refuses a trust change that needs approval (exit 1,
+nothing sent).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from runner.render import (
     plans_markdown,
     plans_total_text,
 )
+from runner.trust import Trust, catalog_markdown, with_markdown, with_text
 from runner.workspace import prepare
 
 
@@ -31,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     manifests = expand_manifests(args.manifests, lockfile=args.lockfile)
     if len(manifests) == 1:
         plan = _plan(manifests[0], args)
-        view = {"json": plan_json, "markdown": plan_markdown}.get(args.format, plan_text)
+        view = {"json": plan_json, "markdown": markdown_view}.get(args.format, text_view)
         sys.stdout.write(view(plan))
         return EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK
 
@@ -50,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
         plans.append(plan)
         codes.append(EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK)
         if args.format == "text":  # streamed, so a long catalog shows progress
-            sys.stdout.write(plan_text(plan) + "\n")
+            sys.stdout.write(text_view(plan) + "\n")
             sys.stdout.flush()
     if args.format == "json":
         sys.stdout.write(plans_json(plans, failed))
     elif args.format == "markdown":
-        sys.stdout.write(plans_markdown(plans, failed))
+        sys.stdout.write(catalog_markdown_view(plans, failed))
     else:
         sys.stdout.write(plans_total_text(plans, failed))
     return worst(codes)
@@ -63,8 +70,36 @@ def run(args: argparse.Namespace) -> int:
 
 def _plan(manifest_path: str, args: argparse.Namespace) -> Plan:
     prepared = prepare(manifest_path, args.lockfile, args.target)
+    assert prepared.api is not None
+    plan = prepared.plan
     if args.refresh:
         from runner.refresh import refresh_plan
 
-        return refresh_plan(prepared)
-    return prepared.plan
+        plan = refresh_plan(prepared)  # refuses a trust change before anything is sent
+    # Against the lockfile as read: what the reviewed state says, not what --refresh learnt.
+    manifest = prepared.manifest
+    return plan.with_trust(prepared.api, manifest.api.api_key_env, prepared.state.entries, manifest.variables)
+
+
+def _trust(plan: Plan) -> Trust:
+    assert plan.trust is not None
+    return plan.trust
+
+
+def text_view(plan: Plan) -> str:
+    return with_text(plan_text(plan), _trust(plan))
+
+
+def markdown_view(plan: Plan) -> str:
+    return with_markdown(plan_markdown(plan), _trust(plan))
+
+
+def catalog_markdown_view(plans: list[Plan], failed: list[tuple[str, str]]) -> str:
+    """The many-manifest comment: every trust change first, then the totals and each plan
+    (with where its key goes under its heading)."""
+    full = plans_markdown(plans, failed)
+    sections = "".join("\n" + plan_markdown(p) for p in plans)
+    top = catalog_markdown([(p.manifest, _trust(p)) for p in plans])
+    if sections and full.endswith(sections):
+        full = full[: len(full) - len(sections)] + "".join("\n" + markdown_view(p) for p in plans)
+    return top + full
