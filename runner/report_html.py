@@ -283,7 +283,11 @@ class Fetcher:
                     return None, f"too large (more than {self.max_bytes / 1e6:.0f} MB)"
                 chunks: list[bytes] = []
                 size = 0
-                for chunk in response.iter_raw():
+                # In memory already only when a transport handed over bytes (tests' mocks).
+                stream: Iterable[bytes] = (
+                    [response.content] if response.is_stream_consumed else response.iter_raw()
+                )
+                for chunk in stream:
                     size += len(chunk)
                     if size > self.max_bytes:
                         return None, f"too large (more than {self.max_bytes / 1e6:.0f} MB)"
@@ -301,7 +305,7 @@ class Fetcher:
             with self._lock:
                 self._dead_hosts.add(host)
             return None, f"{host} is not reachable"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.StreamError) as exc:
             return None, f"download failed ({type(exc).__name__})"
 
     def sandbox_file(self, url: str, folder: Path) -> tuple[bytes | None, str]:
@@ -429,6 +433,15 @@ def load_sample(
     url: str, folder: Path, fetcher: Fetcher, max_side: int, policy: FetchPolicy
 ) -> Sample:
     """One sample of a manifest in ``folder``, by ``policy``; never raises."""
+    try:
+        return _load_sample(url, folder, fetcher, max_side, policy)
+    except Exception as exc:  # a bug or an odd answer costs one image, not the report
+        return Sample(url, problem=f"failed ({type(exc).__name__})")
+
+
+def _load_sample(
+    url: str, folder: Path, fetcher: Fetcher, max_side: int, policy: FetchPolicy
+) -> Sample:
     sample = Sample(url)
     refusal = policy.http_refusal(url)
     data: bytes | None = None
@@ -469,14 +482,14 @@ class _Workers:
         self,
         count: int,
         work: Callable[[int], Sample],
-        timed_out: Callable[[int, str], Sample],
+        placeholder: Callable[[int, str], Sample],
         workers: int,
         deadline: float,
         per_task: float,
     ) -> None:
         self._count = count
         self._work = work
-        self._timed_out = timed_out
+        self._placeholder = placeholder
         self._workers = max(1, min(workers, count))
         self._deadline = deadline
         self._per_task = per_task
@@ -503,7 +516,7 @@ class _Workers:
             try:
                 sample = self._work(index)
             except BaseException as exc:  # work never raises; if it does, only this sample
-                sample = self._timed_out(index, f"failed ({type(exc).__name__})")
+                sample = self._placeholder(index, f"failed ({type(exc).__name__})")
             with self._cond:
                 if self._running.pop(index, None) is None:
                     return  # given up and replaced meanwhile: this thread is surplus
@@ -522,14 +535,18 @@ class _Workers:
                     for index, until in list(self._running.items()):
                         if now >= until:
                             del self._running[index]
-                            self._results[index] = self._timed_out(index, "")
+                            self._results[index] = self._placeholder(
+                                index, f"timed out (more than {self._per_task - GIVE_UP_GRACE:g} s)"
+                            )
                             self._start()
                     self._cond.wait(0.1)
             finally:
                 self._stop = True
         for index in range(self._count):
             if index not in self._results:
-                self._results[index] = self._timed_out(index, "the report's deadline passed")
+                self._results[index] = self._placeholder(
+                    index, "timed out (the report's deadline passed)"
+                )
         return self._results
 
     def idle(self) -> bool:
@@ -590,16 +607,15 @@ def fill_samples(
     def work(index: int) -> Sample:
         card, i, folder, policy = jobs[index]
         if fetcher.give_up():
-            return timed_out(index, "the report's deadline passed")
+            return placeholder(index, "timed out (the report's deadline passed)")
         return load_sample(card.samples[i].url, folder, fetcher, max_side, policy)
 
-    def timed_out(index: int, why: str) -> Sample:
+    def placeholder(index: int, problem: str) -> Sample:
         card, i, _folder, _policy = jobs[index]
-        detail = why or f"more than {image_timeout:g} s"
-        return Sample(card.samples[i].url, problem=f"timed out ({detail})")
+        return Sample(card.samples[i].url, problem=problem)
 
     workers = _Workers(
-        len(jobs), work, timed_out, FETCH_WORKERS, deadline, image_timeout + GIVE_UP_GRACE
+        len(jobs), work, placeholder, FETCH_WORKERS, deadline, image_timeout + GIVE_UP_GRACE
     )
     try:
         results = workers.run()

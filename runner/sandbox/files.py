@@ -48,10 +48,14 @@ def relative_parts(relative: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _refusal(exc: OSError, what: str) -> Exception:
+def _refusal(exc: OSError, what: str, name: str, dir_fd: int) -> Exception:
     if exc.errno == errno.ENOENT:
         return exc
-    if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's O_NOFOLLOW answer
+    try:  # O_NOFOLLOW | O_DIRECTORY on a symlink says ENOTDIR on Linux: ask the entry itself
+        is_link = stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        is_link = False
+    if is_link or exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer
         return Refused(f"{what} is a symbolic link")
     if exc.errno == errno.ENOTDIR:
         return Refused(f"{what} is not a folder")
@@ -69,13 +73,13 @@ def open_beneath(root: Path, relative: str | Sequence[str], max_bytes: int) -> B
             try:
                 inner = os.open(part, DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
-                raise _refusal(exc, f"folder {part!r}") from None
+                raise _refusal(exc, f"folder {part!r}", part, fd) from None
             os.close(fd)
             fd = inner
         try:
             file_fd = os.open(parts[-1], FILE_FLAGS, dir_fd=fd)
         except OSError as exc:
-            raise _refusal(exc, "the file") from None
+            raise _refusal(exc, "the file", parts[-1], fd) from None
     finally:
         os.close(fd)
     return _checked(file_fd, max_bytes)
