@@ -56,6 +56,21 @@ def _files(seed: int, count: int = 1) -> list[tuple[str, tuple[str, bytes, str]]
     return [("image_files", (f"i{seed}_{n}.png", _png(seed * 7 + n), "image/png")) for n in range(count)]
 
 
+def _huge_png(side: int) -> bytes:
+    """A valid side x side RGB PNG of zeros: tiny on disk, side * side * 3 bytes decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * side)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 # -- a recorder on loopback: what a webhook would reach ----------------------------------------
 
 
@@ -377,3 +392,33 @@ def test_apply_against_a_spent_quota_stops_and_exits_4(tmp_path: Path) -> None:
     lock = yaml.safe_load((tmp_path / "project" / "manifest.lock.yaml").read_text(encoding="utf-8"))
     statuses = sorted(entry["status"] for entry in lock["jobs"].values())
     assert statuses.count("succeeded") == 2, json.dumps(lock, indent=1)
+
+
+@pytest.mark.anyio
+async def test_a_pixel_bomb_upload_cannot_blow_up_sample_rendering(
+    quota_app: Callable[..., httpx.AsyncClient], tmp_path: Path
+) -> None:
+    """Anyone with a key of an exposed sandbox can upload a 13000x13000 PNG (~500 KB) and ask
+    for its sample: the tile is refused from its header (grey) instead of decoded."""
+    bomb = _huge_png(13_000)
+    async with quota_app() as client:
+        a = {"X-Api-Key": KEY}
+        created = await client.post(
+            "/finetune",
+            files=[("image_files", ("huge.png", bomb, "image/png")), *_files(5)],
+            headers=a,
+        )
+        assert created.status_code == 200, created.text
+        ident = created.json()["data"]["id"]
+        started = time.monotonic()
+        sample = await client.get(f"/_sandbox/files/{ident}/sample_0.png")
+        took = time.monotonic() - started
+    assert sample.status_code == 200
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(sample.content)) as image:
+        grey = image.convert("RGB").getpixel((80, 56 + 80))  # the middle of the first tile
+    assert grey == (90, 90, 90)
+    assert took < 5
