@@ -210,3 +210,54 @@ def test_describe_shape_has_no_values() -> None:
     """doctor's sketch of an answer names keys and types, never values."""
     sketch = wire.describe_shape(_body({"data": {"id": "secret-id", "n": 3, "l": [{"URL": "u"}]}}))
     assert "secret-id" not in sketch and "id: str" in sketch and "n: int" in sketch
+
+
+# ----- trigger words are plain words (issue 12, item 5) ---------------------------------------
+
+STRICT_TRIGGER_CASES = [
+    # An empty or null field is absent: the next place is read.
+    ({"data": {"trigger_word": "", "args": {"trigger_word": "SNKR_2"}}}, "SNKR_2", "data.args.trigger_word"),
+    ({"data": {"trigger_word": None}, "trigger_word": "SNKR_3"}, "SNKR_3", "trigger_word"),
+    # The longest word accepted, and the pattern's punctuation.
+    ({"data": {"trigger_word": "S" * wire.MAX_TRIGGER_WORD}}, "S" * wire.MAX_TRIGGER_WORD, "data.trigger_word"),
+    ({"data": {"trigger_word": "SNKR_a.b-c_1"}}, "SNKR_a.b-c_1", "data.trigger_word"),
+]
+
+
+@pytest.mark.parametrize(("answer", "word", "place"), STRICT_TRIGGER_CASES)
+def test_plain_trigger_words_are_read(answer: object, word: str, place: str) -> None:
+    """Plain words are read where they are; empty fields are skipped."""
+    got = wire.read_submit(_body(answer), "SNKR")
+    assert (got.trigger_word, got.found_at) == (word, place)
+
+
+UNSAFE_TRIGGER = [
+    # A trigger-word field holding something else: unreadable, never searched past.
+    {"data": {"id": "a", "trigger_word": "SNKR_x\n::set-output name=a::b"}},
+    {"data": {"id": "a", "trigger_word": "../../v1/admin"}},
+    {"data": {"id": "a", "args": {"trigger_word": "SNKR_\x1b[2J"}}},
+    {"data": {"id": "a", "trigger_word": "SNKR_x\n"}},
+    {"data": {"id": "a", "trigger_word": "SNKR_\u202eevil"}},
+    {"data": {"id": "a", "trigger_word": "S" * (wire.MAX_TRIGGER_WORD + 1)}},
+    {"data": {"id": "a", "trigger_word": "SNKR bad", "note": "SNKR_decoy"}},
+    {"trigger_word": "-rf", "data": {"id": "a", "x": "SNKR_decoy"}},
+    # A bare body or data string that is not a plain word.
+    "SNKR_x\nBASH_ENV=/tmp/x",
+    {"data": "../../x"},
+    b"SNKR_x\x1b[31m",
+    # The one string with the prefix is not a plain word; or two are there, one odd.
+    {"data": {"id": "a", "results": [{"name": "SNKR_x:y"}]}},
+    {"data": {"id": "a", "x": "SNKR_ok", "y": "SNKR_a/b"}},
+]
+
+
+@pytest.mark.parametrize("answer", UNSAFE_TRIGGER)
+def test_unsafe_trigger_words_are_not_trigger_words(answer: object) -> None:
+    """Anything outside the pattern is no trigger word (the job goes uncertain); the raw
+    answer and the asset id are kept."""
+    body = _body(answer)
+    got = wire.read_submit(body, "SNKR")
+    assert got.trigger_word is None and got.found_at is None
+    assert got.raw == body.decode("utf-8", "replace")
+    if isinstance(answer, dict) and isinstance(answer.get("data"), dict):
+        assert got.asset_id == "a"
