@@ -123,7 +123,9 @@ class OddApi:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if scope["method"] == "POST" and b"runner-idempotency-probe" in body:
+        if scope["path"].startswith("/_sandbox/"):  # not a sandbox: no health route
+            status, body = 404, b'{"detail": "Not Found"}'
+        elif scope["method"] == "POST" and b"runner-idempotency-probe" in body:
             status, body = 422, b'{"detail": [{"loc": ["body", "option"], "msg": "bad", "type": "x"}]}'
         elif scope["method"] == "POST":
             self.posts += 1
