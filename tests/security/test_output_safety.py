@@ -186,6 +186,31 @@ def test_validate_and_plan_errors_name_hostile_files_printably(pr_folder: Path) 
         assert_printable(result.stdout + result.stderr)
 
 
+@pytest.mark.xfail(strict=True, reason="commands/apply.py prints 'error: {result.fatal}' and cli.py "
+                   "'error: {exc}' raw; the API's message is in them (not my files)")
+def test_a_hostile_api_error_message_is_printable(tmp_path: Path) -> None:
+    """A 401 whose message carries a workflow command and ESC: apply's error line is printable."""
+    from apply_support import write_manifest as write_api_manifest
+
+    from runner.sandbox.config import SandboxConfig
+    from runner.sandbox.serve import start_server
+
+    async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps({"message": "bad key\n::error ::pwned\x1b[31m ##[error]x"}).encode()
+        await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    with start_server(SandboxConfig(state_dir=tmp_path / "unused"), app=refuse) as server:
+        write_api_manifest(tmp_path, server.url, 1, images_per_job=1)
+        result = runner("apply", "m.yaml", cwd=tmp_path)
+    assert result.code == 1 and "401" in result.stderr
+    assert_printable(result.stderr)
+
+
 def test_diagnostics_escape_file_path_and_message() -> None:
     """A diagnostic about a hostile file, key and value is one printable line per diagnostic."""
     d = Diagnostic("m\n::error ::x\x1b[2J.yaml", 3, 5, "jobs[0].\u202ename", f"'{HOSTILE}' is not valid")
