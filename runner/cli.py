@@ -38,6 +38,14 @@ def _lockfile_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lockfile", metavar="F", help="lockfile path (default: MANIFEST's .lock.yaml)")
 
 
+def _links_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-outside-links",
+        action="store_true",
+        help="follow symlinks that leave the manifest's folder (shared dataset mounts)",
+    )
+
+
 def _target_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target", action="append", default=[], metavar="NAME", help="limit to this job (repeatable)"
@@ -60,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    _links_opt(p)
 
     p = sub.add_parser("plan", parents=[common], help="show what apply would do")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -68,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     p.add_argument("--refresh", action="store_true", help="ask the API about jobs still training")
+    _links_opt(p)
 
     p = sub.add_parser("apply", parents=[common], help="submit, follow and record the jobs")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
@@ -87,12 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-http", metavar="FILE",
         help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
     )
+    _links_opt(p)
 
     p = sub.add_parser("status", parents=[common], help="show the lockfile's jobs")
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
     _lockfile_opt(p)
     p.add_argument("--refresh", action="store_true", help="ask the API about jobs still training")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    _links_opt(p)
 
     p = sub.add_parser(
         "doctor", parents=[common], help="free checks of endpoint, key and API; trains nothing"
@@ -122,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-size", type=int, default=512, metavar="PX", help="longest side of embedded samples"
     )
+    _links_opt(p)
     p.add_argument(
         "--timeout", type=float, default=120.0, metavar="S",
         help="deadline for fetching every sample together (default 120 s); late ones are shown as timed out",
@@ -218,11 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity = (args.verbose or 0) - (args.quiet or 0)
     logsetup.configure(args.log_format or "auto", verbosity)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    from runner.images import ALLOW_OUTSIDE_LINKS
+
+    links = ALLOW_OUTSIDE_LINKS.set(bool(getattr(args, "allow_outside_links", False)))
     try:
         module = importlib.import_module(_MODULES[args.command])
         return int(module.run(args))
     except RunnerError as exc:
-        print(f"error: {logsetup.redact(str(exc))}", file=sys.stderr)
+        print(logsetup.error_text(str(exc)), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -236,3 +252,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INPUT
+    finally:
+        ALLOW_OUTSIDE_LINKS.reset(links)

@@ -134,6 +134,12 @@ def _escape_visible(marker: str) -> str:
     return f"\\x{ord(marker[0]):02x}" + marker[1:]
 
 
+def error_text(message: str) -> str:
+    """``error: ...`` for stderr: the message redacted, each of its lines cleaned, and no
+    line a CI runner takes for a command (messages quote servers and file names)."""
+    return guard("error: " + clean_lines(redact(message)))
+
+
 def safe(text: str) -> str:
     """One outside string, safe wherever a view puts it (a rich cell may start a line)."""
     return guard(clean(text))

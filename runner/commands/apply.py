@@ -71,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
     codes: list[int] = []
     for one in prepared:
         if len(manifests) > 1 and not args.quiet:
-            print(f"== {one.display}", file=sys.stderr)
+            print(f"== {logsetup.safe(one.display)}", file=sys.stderr)
         try:
             code = apply_one(one, args)
         except RunnerError as exc:
             if len(manifests) == 1:
                 raise
-            print(f"error: {one.display}: {logsetup.redact(str(exc))}", file=sys.stderr)
+            print(logsetup.error_text(f"{logsetup.clean(one.display)}: {exc}"), file=sys.stderr)
             code = exc.exit_code
         codes.append(code)
         if code == EXIT_INTERRUPTED:
@@ -190,7 +190,7 @@ def _report(result: ApplyResult, args: argparse.Namespace, rich_view: bool) -> N
     elif not args.quiet or result.exit_code:
         sys.stderr.write(apply_summary(result))
     if result.fatal:
-        print(f"error: {result.fatal}", file=sys.stderr)
+        print(logsetup.error_text(result.fatal), file=sys.stderr)
     if result.credit_exhausted:
         print(
             "error: the API answered 402 (insufficient credit); no further jobs were submitted. "

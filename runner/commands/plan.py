@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             plan = _plan(manifest_path, args)
         except RunnerError as exc:
             message = logsetup.redact(str(exc))
-            print(f"error: {manifest_path}: {message}", file=sys.stderr)
+            print(logsetup.error_text(f"{logsetup.clean(manifest_path)}: {message}"), file=sys.stderr)
             failed.append((manifest_path, message))
             codes.append(exc.exit_code)
             continue

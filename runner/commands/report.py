@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             if len(manifests) == 1:
                 raise
             message = logsetup.redact(str(exc))
-            print(f"error: {manifest_path}: {message}", file=sys.stderr)
+            print(logsetup.error_text(f"{logsetup.clean(manifest_path)}: {message}"), file=sys.stderr)
             sections.append(Section(manifest_path, error=message))
             codes.append(exc.exit_code)
             continue

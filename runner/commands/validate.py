@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner import logsetup
 from runner.diagnostics import Diagnostic
 from runner.errors import EXIT_INPUT, EXIT_OK
 from runner.manifest import load_manifest
@@ -57,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
         lines.extend(d.format() for d in diags)
         if valid:
             extra = f", {_plural(warnings, 'warning')}" if warnings else ""
-            lines.append(f"{name}: valid ({_plural(jobs or 0, 'job')}, {_plural(images or 0, 'image')}{extra})")
+            lines.append(f"{logsetup.clean(name)}: valid ({_plural(jobs or 0, 'job')}, {_plural(images or 0, 'image')}{extra})")
         else:
-            lines.append(f"{name}: invalid ({_plural(errors, 'error')}, {_plural(warnings, 'warning')})")
+            lines.append(f"{logsetup.clean(name)}: invalid ({_plural(errors, 'error')}, {_plural(warnings, 'warning')})")
     all_valid = all(r["valid"] for r in reports)
     if args.format == "json":
         document = {
@@ -68,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
             "diagnostics": [d for r in reports for d in r["diagnostics"]],
             "manifests": reports,
         }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(logsetup.json_safe(json.dumps(document, indent=2)) + "\n")
     else:
-        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.write(logsetup.guard("\n".join(lines)) + "\n")
     sys.stdout.flush()
     return EXIT_OK if all_valid else EXIT_INPUT
 

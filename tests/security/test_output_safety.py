@@ -176,8 +176,6 @@ def test_plan_and_status_text_of_a_hostile_pull_request_are_printable(pr_folder:
     assert "bad | cell\\n## Heading" in text  # shown escaped, on its line
 
 
-@pytest.mark.xfail(strict=True, reason="validate's summary line and plan/report's 'error: NAME:' prefix "
-                   "print the manifest name raw (runner/commands/validate.py, plan.py, report.py)")
 def test_validate_and_plan_errors_name_hostile_files_printably(pr_folder: Path) -> None:
     """A hostile file name in validate's summary and in plan's per-manifest error line."""
     (pr_folder / "bad\n::error ::x.yaml").write_text("version: 1\njobs: []\n")
@@ -186,8 +184,6 @@ def test_validate_and_plan_errors_name_hostile_files_printably(pr_folder: Path) 
         assert_printable(result.stdout + result.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="commands/apply.py prints 'error: {result.fatal}' and cli.py "
-                   "'error: {exc}' raw; the API's message is in them (not my files)")
 def test_a_hostile_api_error_message_is_printable(tmp_path: Path) -> None:
     """A 401 whose message carries a workflow command and ESC: apply's error line is printable."""
     from apply_support import write_manifest as write_api_manifest
