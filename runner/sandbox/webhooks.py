@@ -177,16 +177,24 @@ class WebhookSender:
         body = json.dumps(envelope(asset, asset.base_url)).encode()
         error: str | None = None
         try:
-            response = await self._client.post(
-                request_url,
-                content=body,
-                headers={
-                    "content-type": "application/json",
-                    "x-sandbox-webhook-attempt": str(attempts),
-                    **extra.get("headers", {}),
-                },
-                extensions=extra.get("extensions", {}),
-            )
+            client = self._client
+            if extra:  # pinned to an address: pooled connections are per address, not per
+                # name, so each such delivery gets its own (right SNI and Host every time)
+                client = httpx.AsyncClient(timeout=5.0, follow_redirects=False, trust_env=False)
+            try:
+                response = await client.post(
+                    request_url,
+                    content=body,
+                    headers={
+                        "content-type": "application/json",
+                        "x-sandbox-webhook-attempt": str(attempts),
+                        **extra.get("headers", {}),
+                    },
+                    extensions=extra.get("extensions", {}),
+                )
+            finally:
+                if client is not self._client:
+                    await client.aclose()
             if not response.is_success:
                 error = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:

@@ -6,7 +6,9 @@ point at another loopback port (a server that records every GET), internal hosts
 that drips bytes; a 13000x13000 PNG (a few hundred KB that decode to half a gigabyte); a
 state folder whose ``sample_0.png`` is a symlink to ``/dev/zero`` or a FIFO. And SIGTERM in
 the middle of a slow report. The real CLI runs as a subprocess wherever time, signals or
-memory are measured; peak RSS comes from ``os.wait4`` on that very child.
+memory are measured. Peak RSS comes from ``os.wait4`` on that very child, run by a small
+launcher: on Linux a child's peak RSS starts at its parent's size when it forks (the count
+survives exec), so measured straight from pytest it would read pytest's own ~90 MB.
 
 The figures (peak RSS, seconds) are printed; run with ``-s`` to see them.
 """
@@ -37,10 +39,10 @@ from helpers import REPO_ROOT, write_manifest
 from runner.report_html import MAX_PIXELS, Fetcher, FetchPolicy, Section, cards_for, fill_samples
 
 LIVE_API = "https://api.vimmerse.net"
-# Peak RSS allowed for a report that meets a hostile input. A plain report of two small
-# samples peaks near 90 MB (Python, Pillow, httpx, SQLite); the attacks below took 5.2 GB
-# or hung before the fix.
-RSS_LIMIT_MB = 250
+# Peak RSS allowed for a report that meets a hostile input. A report of no sample peaks near
+# 45 MB (Python, httpx, YAML, JSON Schema); before the fix the 13000x13000 PNG took 1.3 GB
+# here (5.2 GB in the issue's run) and /dev/zero ran into any memory limit.
+RSS_LIMIT_MB = 150
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -192,27 +194,47 @@ def _env() -> dict[str, str]:
     return env
 
 
+# Runs argv[1:], reaps it with wait4 and writes its peak RSS (KiB) to $RSS_FILE; exits with
+# its code. A fresh small process, so the child's peak RSS counts only itself.
+LAUNCHER = """
+import os, signal, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+while True:
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+        break
+    except InterruptedError:
+        continue
+child.returncode = os.waitstatus_to_exitcode(status)
+with open(os.environ["RSS_FILE"], "w") as fh:
+    fh.write(str(usage.ru_maxrss))
+sys.exit(child.returncode)
+"""
+
+
 def start_runner(args: list[str], cwd: Path, out: Path) -> subprocess.Popen[bytes]:
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
+        [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "runner", *args],
         cwd=cwd,
-        env=_env(),
+        env=_env() | {"RSS_FILE": str(out / "rss")},
         stdout=open(out / "stdout", "wb"),
         stderr=open(out / "stderr", "wb"),
+        start_new_session=True,  # a group of its own, killed whole on a timeout
     )
 
 
 def wait_measured(proc: subprocess.Popen[bytes], out: Path, started: float, timeout: float) -> Run:
-    """Reap ``proc`` with ``os.wait4``: its exit code and its own peak RSS."""
+    """Reap the launcher ``proc``: runner's exit code and peak RSS (see ``LAUNCHER``)."""
     deadline = started + timeout
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
         if pid:
             break
         if time.monotonic() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and runner with it
+            _pid, status = os.waitpid(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             pytest.fail(f"runner still running after {timeout} s: " + (out / "stderr").read_text()[-2000:])
         time.sleep(0.02)
@@ -223,7 +245,7 @@ def wait_measured(proc: subprocess.Popen[bytes], out: Path, started: float, time
         (out / "stdout").read_text(encoding="utf-8", errors="replace"),
         (out / "stderr").read_text(encoding="utf-8", errors="replace"),
         seconds,
-        usage.ru_maxrss / 1024,  # KiB on Linux
+        int((out / "rss").read_text()) / 1024,  # KiB on Linux
     )
 
 
@@ -461,17 +483,25 @@ def test_state_files_that_are_symlinks_fifos_or_devices_are_refused(tmp_path: Pa
 
 
 def test_a_state_folder_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
-    """``.runner -> /somewhere`` (the victim's real sandbox state, say) is not read through."""
+    """``.runner -> /somewhere`` (the victim's real sandbox state, say) is not read through:
+    the workspace refuses a symlinked ``.runner`` outright (exit 1, no report; issue 12 item
+    4), and were it let through, the report's own walk refuses it (the card says so)."""
     manifest = project(tmp_path / "p", {"job": [_sandbox_url("abc")]})
     real = tmp_path / "real" / "sandbox" / "outputs" / "abc"
     real.mkdir(parents=True)
     (real / "sample_0.png").write_bytes(_png())
     (manifest.parent / ".runner").symlink_to(tmp_path / "real", target_is_directory=True)
     run = report(manifest, tmp_path / "out")
-    assert run.code == 0, run.stderr
-    page = cards(tmp_path / "out" / "report.html")
-    assert '<img class="sample"' not in page
-    assert "folder &#x27;.runner&#x27; is a symbolic link" in page
+    page = tmp_path / "out" / "report.html"
+    if run.code == 1:
+        assert ".runner is a symlink" in run.stderr and not page.exists()
+    else:
+        assert run.code == 0, run.stderr
+        assert '<img class="sample"' not in cards(page)
+        assert "folder &#x27;.runner&#x27; is a symbolic link" in cards(page)
+    with Fetcher() as fetcher:  # the report's own rule, whatever the workspace does
+        data, problem = fetcher.sandbox_file(_sandbox_url("abc"), manifest.parent)
+    assert data is None and problem == "sandbox file refused: folder '.runner' is a symbolic link"
 
 
 def test_a_hostile_database_cannot_loop_forever(tmp_path: Path) -> None:

@@ -77,11 +77,13 @@ def _huge_png(side: int) -> bytes:
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.hosts: list[str] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def _any(self) -> None:
                 owner.calls.append(f"{self.command} {self.path}")
+                owner.hosts.append(self.headers.get("Host", ""))
                 self.send_response(204)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -287,6 +289,33 @@ def test_exposed_webhooks_are_pinned_to_the_address_that_was_checked(
     assert tls[2] == {"headers": {"host": "hooks.example.com"}, "extensions": {"sni_hostname": "hooks.example.com"}}
     for refused in (mixed, inside, nowhere):
         assert refused[0] and "never calls loopback or private addresses" in refused[0]
+
+
+def test_a_pinned_webhook_is_delivered_with_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end through the pinning: an exposed sandbox (here on loopback, marked exposed)
+    resolves hooks.test once, checks the address (this test calls 127.0.0.1 public), and
+    POSTs to that address with ``Host: hooks.test:PORT``."""
+    import runner.sandbox.webhooks as webhooks
+
+    real = socket.getaddrinfo
+
+    def fake_getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == "hooks.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(webhooks, "is_public_address", lambda address: address == "127.0.0.1")
+    config = SandboxConfig(state_dir=tmp_path / "s", train_seconds=0, api_keys=(KEY,), exposed=True,
+                           allow_external_webhooks=True)
+    with (
+        recorder() as rec,
+        start_server(config) as running,
+        httpx.Client(base_url=running.url, headers={"X-Api-Key": KEY}, timeout=10) as client,
+    ):
+        ident = client.post(
+            "/finetune", files=_files(7), data={"webhook_url": f"http://hooks.test:{rec.port}/hook"}
+        ).json()["data"]["id"]
+        assert _webhook_note(client, ident) == "webhook delivered"
+    assert rec.calls == ["POST /hook"] and rec.hosts == [f"hooks.test:{rec.port}"]
 
 
 # -- quotas ----------------------------------------------------------------------------------------
