@@ -310,12 +310,12 @@ class _Expander:
         value, problems = expand_string(text, self.environ, self.rules)
         missing = [(offset, name) for offset, name in used if name in self.declared and name not in self.environ]
         errors = [(o, m) for o, m in problems if not m.startswith("environment variable ")]
+        names = {name for _, name in used}
+        self._used.update(names)
         for offset, message in errors:
             self.add(path, message, at=(text, offset))
         if errors:
             return text
-        names = {name for _, name in used}
-        self._used.update(names)
         for name in names:
             register_secret(self.environ.get(name))
         for offset, name in missing:
