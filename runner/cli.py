@@ -169,12 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-external-webhooks", action="store_true")
     s.add_argument("--max-upload-mb", type=float, default=100.0, metavar="MB")
     s.add_argument(
-        "--max-trainings-per-key", type=int, default=1000, metavar="N",
-        help="quota: trainings one key may start (default 1000); then 402",
+        "--max-trainings-per-key", type=int, default=None, metavar="N",
+        help="quota: trainings one key may start, then 402 (default: 1000 beyond loopback, else none)",
     )
     s.add_argument(
-        "--max-stored-mb-per-key", type=float, default=1024.0, metavar="MB",
-        help="quota: uploads one key may keep on disk (default 1024 MB); then 402",
+        "--max-stored-mb-per-key", type=float, default=None, metavar="MB",
+        help="quota: uploads one key may keep on disk, then 402 (default: 1024 beyond loopback, else none)",
     )
     s.add_argument(
         "--fault-kinds",

@@ -21,9 +21,9 @@ POST_ONLY_FAULTS: tuple[str, ...] = ("lost_post", "gateway_timeout")
 # The answer shapes the sandbox can speak (DESIGN section 7; README "The sandbox").
 DIALECTS: tuple[str, ...] = ("envelope", "args", "bare", "opaque")
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
-# ``runner sandbox serve``'s per-key quotas (the programmatic default, used by the embedded
-# sandbox, is unlimited): enough for any test or demo, small enough that one key of an
-# exposed sandbox cannot fill its disk.
+# ``runner sandbox serve``'s per-key quotas when it listens beyond loopback (on loopback,
+# and programmatically, as for the embedded sandbox, the default is unlimited): enough for
+# any demo, small enough that one key of an exposed sandbox cannot fill its disk.
 DEFAULT_MAX_TRAININGS_PER_KEY = 1000
 DEFAULT_MAX_STORED_MB_PER_KEY = 1024
 

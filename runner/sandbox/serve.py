@@ -173,9 +173,19 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         raise UsageError(f"--max-upload-mb must be > 0, not {max_mb!r}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {args.port}")
-    max_trainings = getattr(args, "max_trainings_per_key", DEFAULT_MAX_TRAININGS_PER_KEY)
-    stored_mb = getattr(args, "max_stored_mb_per_key", DEFAULT_MAX_STORED_MB_PER_KEY)
-    if not isinstance(stored_mb, int | float) or not stored_mb > 0 or stored_mb != stored_mb:
+    # Quotas protect an exposed sandbox from its other users: on by default there, and on
+    # loopback (one user, benchmarks of 10,000 trainings) only when asked for.
+    host = getattr(args, "host", "127.0.0.1")
+    exposed = not is_loopback_host(host)
+    max_trainings = getattr(args, "max_trainings_per_key", None)
+    stored_mb = getattr(args, "max_stored_mb_per_key", None)
+    if max_trainings is None and exposed:
+        max_trainings = DEFAULT_MAX_TRAININGS_PER_KEY
+    if stored_mb is None and exposed:
+        stored_mb = DEFAULT_MAX_STORED_MB_PER_KEY
+    if stored_mb is not None and (
+        not isinstance(stored_mb, int | float) or not stored_mb > 0 or stored_mb != stored_mb
+    ):
         raise UsageError(f"--max-stored-mb-per-key must be > 0, not {stored_mb!r}")
     config = SandboxConfig(
         state_dir=Path(args.state_dir),
@@ -192,9 +202,9 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         idempotency=not getattr(args, "no_idempotency", False),
         dialect=getattr(args, "dialect", None) or "envelope",
         max_trainings_per_key=max_trainings,
-        max_stored_bytes_per_key=max(1, int(stored_mb * 1024 * 1024)),
+        max_stored_bytes_per_key=None if stored_mb is None else max(1, int(stored_mb * 1024 * 1024)),
     )
-    return exposed_config(config, getattr(args, "host", "127.0.0.1"))
+    return exposed_config(config, host)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -392,6 +392,26 @@ async def test_concurrent_requests_cannot_exceed_the_quota(quota_app: Callable[.
         assert (await client.get("/_sandbox/ledger", headers={"X-Api-Key": KEY})).json()["trainings"] == 2
 
 
+def test_quota_defaults_apply_beyond_loopback(tmp_path: Path) -> None:
+    """Exposed: 1000 trainings and 1024 MB per key unless told otherwise. On loopback (one
+    user; benchmarks apply 10,000 jobs) none unless asked for."""
+    from runner.cli import build_parser
+    from runner.sandbox.serve import config_from_args
+
+    def config(*flags: str) -> SandboxConfig:
+        args = build_parser().parse_args(["sandbox", "serve", "--state-dir", str(tmp_path / "s"), *flags])
+        return config_from_args(args)
+
+    loopback = config()
+    assert loopback.max_trainings_per_key is None and loopback.max_stored_bytes_per_key is None
+    exposed = config("--host", "0.0.0.0", "--api-key", KEY)
+    assert exposed.exposed and exposed.max_trainings_per_key == 1000
+    assert exposed.max_stored_bytes_per_key == 1024 * 1024 * 1024
+    chosen = config("--max-trainings-per-key", "5", "--max-stored-mb-per-key", "0.5")
+    assert chosen.max_trainings_per_key == 5 and chosen.max_stored_bytes_per_key == 512 * 1024
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("flags", [["--max-trainings-per-key", "0"], ["--max-stored-mb-per-key", "0"],
                                    ["--max-stored-mb-per-key", "nan"]])
 def test_bad_quota_values_exit_1(tmp_path: Path, flags: list[str]) -> None:
