@@ -228,6 +228,7 @@ class Sandbox:
         self.limiter = RateLimiter(config.rate_limit, clock)
         self.locks = KeyedLocks()
         self.webhooks = WebhookSender(self.store, config, clock)
+        self.quota = Quota(config.max_trainings_per_key, config.max_stored_bytes_per_key)
         self._keys = tuple(k.encode() for k in config.api_keys)
         self._known: set[str] = set()
         self._closed = False
@@ -286,6 +287,15 @@ class Sandbox:
             )
             await response(scope, receive, send)
             return
+        if is_post and not (idem is not None and self.config.idempotency):
+            # A key whose quota is already spent is told so before its body is read (and
+            # spooled to disk); a replay under an Idempotency-Key creates nothing, so it goes
+            # on to get its stored answer.
+            refusal = self.quota.refusal(*self.store.usage(account), 0)
+            if refusal:
+                await self._drain(receive)
+                await _message(402, refusal)(scope, receive, send)
+                return
         if method == "POST":
             limit = self.config.max_upload_bytes
             length = headers.get(b"content-length", b"")
@@ -833,7 +843,7 @@ async def _start_training(
     config = sandbox.config
     # Quotas before credit, and before anything is written: answered 402, the documented
     # "this key cannot pay for more" (README "The sandbox", Exposing it).
-    quota = Quota(config.max_trainings_per_key, config.max_stored_bytes_per_key)
+    quota = sandbox.quota
     adding = sum(size for _, _, size in inspected)
     refusal = quota.refusal(*store.usage(account), adding)
     if refusal:

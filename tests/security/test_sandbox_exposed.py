@@ -352,6 +352,17 @@ async def test_training_quota_per_key_is_402(quota_app: Callable[..., httpx.Asyn
         assert sorted((tmp_path / "state" / "uploads").iterdir()) == uploads
         replay = await client.post("/finetune", files=_files(1), headers=a | {"Idempotency-Key": "k1"})
         assert replay.status_code == 200 and replay.content == first.content
+        # Spent: refused before the body is parsed (or spooled to disk): a body that is no
+        # multipart at all gets the 402, not the 422 a parse would give.
+        early = await client.post(
+            "/finetune", content=b"x" * 100_000, headers=a | {"content-type": "multipart/form-data; boundary=b"}
+        )
+        assert early.status_code == 402 and "--max-trainings-per-key" in early.json()["message"]
+        parsed = await client.post(
+            "/finetune", content=b"x" * 100_000,
+            headers={"X-Api-Key": OTHER, "content-type": "multipart/form-data; boundary=b"},
+        )
+        assert parsed.status_code in (400, 422)  # control: with quota left, it is parsed
         assert (await client.post("/finetune", files=_files(4), headers={"X-Api-Key": OTHER})).status_code == 200
         ledger = (await client.get("/_sandbox/ledger", headers=a)).json()
         assert ledger["trainings"] == 2 and ledger["credits_charged"] == 2
