@@ -37,6 +37,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PATH = tuple[PathPart, ...]
 _ESCAPES = "path escapes the manifest's folder"
 _NUL = "path contains a NUL character"  # no file can have one; os.stat would raise
+_ALLOW = " (pass --allow-outside-links to allow it)"
 
 
 def parse_duration(value: object) -> float | None:
@@ -331,7 +332,12 @@ class Checker:
             if not self.inside(absolute):
                 self.report(where, f"{_ESCAPES}: {text}")
                 continue
-            resolved = imagefiles.resolve(self.folder, text, path=absolute, stats=self.stats)
+            resolved = imagefiles.resolve(
+                self.folder, text, path=absolute, stats=self.stats, contain=self._contain
+            )
+            if resolved.outside is not None:
+                self.report_leaves(where, text, resolved.outside)
+                continue
             if resolved.error:
                 self.report(where, f"{resolved.error}: {text}")
                 continue
@@ -412,6 +418,11 @@ class Checker:
         if self.escapes(where, folder_text):
             return None
         folder = imagefiles.absolute(self.folder, folder_text)
+        if self._contain is not None:
+            leads = self._contain.leaves(str(folder), os.path.islink(folder))
+            if leads is not None:
+                self.report_leaves(where, folder_text, leads)
+                return None
         if not os.path.isdir(folder):
             reason = "not a folder" if os.path.lexists(folder) else "folder not found"
             self.report(where, f"{reason}: {folder_text}")
@@ -442,11 +453,21 @@ class Checker:
     def _root_prefix(self) -> str:
         return str(self.folder).rstrip(os.sep) + os.sep
 
+    @functools.cached_property
+    def _contain(self) -> imagefiles.Containment | None:
+        """Symlinks leaving the folder are refused unless ``--allow-outside-links``."""
+        return imagefiles.containment(self.folder)
+
+    def report_leaves(self, where: _PATH, shown: str, target: str) -> None:
+        self.report(where, f"{imagefiles.LEAVES}: {shown} -> {target}{_ALLOW}")
+
     def escapes(self, where: _PATH, text: str) -> bool:
         """Report a path that leaves the manifest's folder once ``..`` (or ``~``, or an
         absolute path) is taken into account, lexically. A reviewed manifest must not be
-        able to upload files from elsewhere on the machine running it; symlinks inside the
-        folder may point anywhere (shared dataset mounts), as the path is not resolved.
+        able to upload files from elsewhere on the machine running it. A symlink inside
+        the folder that points out of it is refused too, where the files are resolved
+        (``imagefiles.Containment``), unless the command runs with
+        ``--allow-outside-links`` (shared dataset mounts).
         A NUL character, which no file name can hold, is reported here too."""
         if "\x00" in text:
             self.report(where, f"{_NUL}: {text!r}")
@@ -460,16 +481,23 @@ class Checker:
         """Check every used file once (threaded), then report at each place it is used."""
         if not self._uses:
             return
+        outside: dict[Path, str] = {}
         problems = imagefiles.find_problems(
-            (p for u in self._uses for p in u.paths), decode=self.check_images, stats=self.stats
+            (p for u in self._uses for p in u.paths),
+            decode=self.check_images,
+            stats=self.stats,
+            contain=self._contain,
+            outside=outside,
         )
-        if not problems:
+        if not problems and not outside:
             return
         for use in self._uses:
             for path in use.paths:
                 problem = problems.get(path)
                 if problem:
                     self.report(use.where, f"{problem}: {use.shown or self.shown(path)}")
+                elif path in outside:
+                    self.report_leaves(use.where, use.shown or self.shown(path), outside[path])
 
     def shown(self, path: Path) -> str:
         """How to name a file found through a folder or glob: relative to the manifest."""

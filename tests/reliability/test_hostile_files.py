@@ -135,8 +135,9 @@ def test_nul_in_a_path(tmp_path: Path) -> None:
         assert "m.yaml:9:21: jobs[1].pairs[0].start: path contains a NUL character" in out
 
 
-def test_paths_inside_and_symlinks_out_are_allowed(tmp_path: Path) -> None:
-    """``sub/../a.png`` stays inside; a symlink inside the folder may point elsewhere (shared mounts)."""
+def test_paths_inside_allowed_and_symlinks_out_only_with_the_flag(tmp_path: Path) -> None:
+    """``sub/../a.png`` stays inside; a symlink inside the folder pointing elsewhere (a shared
+    mount) is refused unless ``--allow-outside-links`` (tests/security/test_symlinks.py)."""
     shared = tmp_path / "mount"
     make_image(shared / "s.png")
     folder = tmp_path / "project"
@@ -147,6 +148,11 @@ def test_paths_inside_and_symlinks_out_are_allowed(tmp_path: Path) -> None:
     manifest(folder, "  - name: a\n    images: [sub/../a.png, ./link.png, datasets/s.png, 'datasets/*.png']\n"
                      "  - name: b\n    images: datasets\n")
     code, out = validate(folder)
+    assert code == 1
+    assert "m.yaml:5:28: jobs[0].images[1]: symlink leaves the manifest's folder: ./link.png -> " in out
+    assert "m.yaml:7:13: jobs[1].images: symlink leaves the manifest's folder: datasets -> " in out
+    assert "jobs[0].images[0]" not in out
+    code, out = validate(folder, "validate", "m.yaml", "--allow-outside-links")
     assert code == 0, out
 
 
