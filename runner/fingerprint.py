@@ -5,8 +5,10 @@ matters for the trained model: option, finetune_type (not for Kontext, where the
 it), lora_prefix, num_iterations, prompt (Kontext only, likewise) and the ordered image
 digests (or the URLs). ``webhook_url`` only says where to report, so it is left out.
 
-Image digests are cached by (path, size, mtime_ns, inode) in ``.runner/digests.json`` beside
-the manifest, like git's index: a no-op plan stats files but reads no image bytes.
+Image digests are cached by (path, size, mtime_ns, inode), like git's index: a no-op plan
+stats files but reads no image bytes. The cache file is sealed with this user's key and
+lives in the per-user cache folder (``runner.usercache``), out of a pull request's reach: a
+committed file could otherwise claim any digest for a changed image.
 """
 
 from __future__ import annotations
@@ -92,10 +94,15 @@ class DigestCache:
             self._load(path)
 
     def _load(self, path: Path) -> None:
+        from runner.usercache import read_sealed
+
+        payload = read_sealed(path, "digests")
+        if payload is None:
+            return  # missing, foreign or damaged: only costs a re-hash
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return  # a missing or damaged cache only costs a re-hash
+            data = json.loads(payload)
+        except (ValueError, RecursionError):
+            return
         if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
             entries = data.get("files")
             if isinstance(entries, dict):
@@ -125,11 +132,11 @@ class DigestCache:
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
-        from runner.atomic import atomic_write_text
+        from runner.usercache import write_sealed
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"version": CACHE_VERSION, "files": self._entries}, separators=(",", ":"))
-        atomic_write_text(self.path, text, fsync=False)
+        write_sealed(self.path, "digests", text.encode("utf-8"))
         self._dirty = False
 
 

@@ -8,11 +8,18 @@ Every state change is appended to the journal before the request that depends on
 the lockfile is rewritten from memory every few seconds and at the end, after which the
 journal is emptied. A crash therefore loses at most the change in flight, and every reader
 replays the journal over the lockfile first.
+
+The lockfile is the only state (DESIGN section 3): the parsed-lockfile cache lives in the
+per-user cache folder, sealed (``runner.usercache``), never beside the lockfile where a pull
+request could commit one. The lockfile, the journal, ``.runner`` and the lock are opened
+without following symlinks and must be regular files (folders: a real folder); a journal
+record is checked against the lockfile schema's entry, like the lockfile's own entries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -23,7 +30,15 @@ from typing import Any, Literal
 
 import yaml
 
-from runner.atomic import atomic_write_text, fsync_dir
+from runner import usercache
+from runner.atomic import (
+    UnsafeStateFile,
+    atomic_write_text,
+    fsync_dir,
+    open_state,
+    open_state_dir,
+    read_state,
+)
 from runner.diagnostics import Diagnostic, format_path
 from runner.errors import InputError, LockHeldError, RunnerError
 
@@ -298,9 +313,19 @@ def _validate_document(lockfile: Path, doc: Any) -> None:
         )
 
 
-def parsed_cache_path(lockfile: Path) -> Path:
-    """Where the parsed, validated content of ``lockfile`` is remembered (see below)."""
-    return lock_path(lockfile).with_name(lockfile.name + ".parsed.json")
+def parsed_cache_path(lockfile: Path, *, create: bool = False) -> Path | None:
+    """Where the parsed, validated content of ``lockfile`` is remembered (see below): in
+    the per-user cache folder of the lockfile's folder; None when caches are off."""
+    return usercache.cache_file(lockfile.parent, lockfile.name + ".parsed.json", create=create)
+
+
+def _unsafe(path: Path, exc: OSError, what: str, fix: str = "remove it") -> InputError:
+    """A state file that is a symlink (or not a regular file): refused, never followed."""
+    return InputError(
+        [Diagnostic(str(path), 0, 0, "", f"{what} {exc.strerror}: refused, since runner never "
+                    f"reads or writes its own state through a symlink (nothing was); {fix} and "
+                    "run again")]
+    )
 
 
 def _cache_key(raw: bytes) -> str:
@@ -318,11 +343,16 @@ def _cached_document(lockfile: Path, key: str) -> Any:
 
     Parsing a 10,000-job lockfile (7.5 MB of YAML) and validating it against its schema
     takes about 2 s; a plan that changes nothing pays it on every run. The content hash
-    makes the cache exact: any edit, merge or rewrite of the file misses it.
+    makes the cache exact: any edit, merge or rewrite of the file misses it. The cache file
+    is sealed with this user's key and kept outside the repository, so no commit can plant
+    one (a document there is trusted as already validated).
     """
+    payload = usercache.read_sealed(parsed_cache_path(lockfile), "lockfile")
+    if payload is None:
+        return None
     try:
-        cached = json.loads(parsed_cache_path(lockfile).read_bytes())
-    except (OSError, ValueError):
+        cached = json.loads(payload)
+    except (ValueError, RecursionError):
         return None
     if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("document"), dict):
         return cached["document"]
@@ -335,10 +365,8 @@ def _remember_document(lockfile: Path, key: str, doc: Any) -> None:
         text = json.dumps({"key": key, "document": doc}, separators=(",", ":"), ensure_ascii=False)
         if json.loads(text)["document"] != doc:  # not plain JSON (e.g. non-string keys)
             return
-        path = parsed_cache_path(lockfile)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text, fsync=False)
-    except (OSError, TypeError, ValueError):
+        usercache.write_sealed(parsed_cache_path(lockfile, create=True), "lockfile", text.encode("utf-8"))
+    except (OSError, TypeError, ValueError, RecursionError):
         pass
 
 
@@ -350,13 +378,13 @@ def read_lockfile(lockfile: Path) -> LockState:
     """
     state = LockState()
     try:
-        raw = lockfile.read_bytes()
-        text = raw.decode("utf-8")
-    except FileNotFoundError:
-        text = None
+        raw = read_state(lockfile)
+        text = None if raw is None else raw.decode("utf-8")
+    except UnsafeStateFile as exc:
+        raise _unsafe(lockfile, exc, "the lockfile", "replace it with the file itself") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise _invalid(lockfile, f"cannot read lockfile: {exc}") from exc
-    if text is not None and text.strip():
+    if raw is not None and text is not None and text.strip():
         key = _cache_key(raw)
         doc = _cached_document(lockfile, key)
         if doc is None:
@@ -398,34 +426,83 @@ def _parse_and_validate(lockfile: Path, text: str) -> Any:
     return doc
 
 
+@functools.cache
+def _record_validator() -> Any:
+    """A journal record: ``{"job": NAME, "entry": ENTRY | null}``, with the lockfile schema's
+    own job-name rule and entry definition, so a record is exactly as valid as an entry."""
+    from jsonschema import Draft202012Validator
+
+    from runner.schemafiles import load_schema
+
+    lock = load_schema("lockfile")
+    names = lock["properties"]["jobs"].get("propertyNames", {})
+    schema = {
+        "$schema": lock.get("$schema", "https://json-schema.org/draft/2020-12/schema"),
+        "$defs": lock["$defs"],
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["job", "entry"],
+        "properties": {
+            "job": {"type": "string", **names},
+            "entry": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/entry"}]},
+        },
+    }
+    return Draft202012Validator(schema)
+
+
+def _record_problem(record: Any) -> tuple[str, str] | None:
+    """(key path, message) of the first way ``record`` is not a valid journal record."""
+    validator = _record_validator()
+    if validator.is_valid(record):
+        return None
+    errors = sorted(validator.iter_errors(record), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    error = errors[0]
+    # "entry" is a oneOf (null or an entry): name what is wrong inside the entry instead.
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    return format_path(list(error.absolute_path)), error.message[:300]
+
+
 def replay_journal(path: Path, state: LockState) -> int:
     """Apply journal records over ``state``; returns how many were applied.
 
     Only the last line can be torn (it was being written when the process died): it is the
-    change in flight and is dropped. A damaged line before it means the file was tampered
-    with, which is an error rather than a guess.
+    change in flight and is dropped when it is not whole JSON. A line before it that is not
+    JSON, or any line that is JSON but not a valid record (checked against the lockfile
+    schema's entry), means the file was tampered with: an error naming the line, rather
+    than a guess. The journal is read without following a symlink.
     """
     try:
-        raw_lines = path.read_bytes().split(b"\n")
-    except FileNotFoundError:
-        return 0
+        data = read_state(path)
+    except UnsafeStateFile as exc:
+        raise _unsafe(path, exc, "the journal") from None
     except OSError as exc:
         raise _invalid(path, f"cannot read journal: {exc}") from exc
-    lines = [ln for ln in raw_lines]
+    if data is None:
+        return 0
+    lines = data.split(b"\n")
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     applied = 0
     for index, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            name = record["job"]
-            raw = record["entry"]
-            entry = None if raw is None else LockEntry.from_dict(raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            is_last = all(not rest.strip() for rest in lines[index + 1 :])
-            if is_last:
-                break
-            raise _invalid(path, f"journal line {index + 1} is damaged: {exc}", line=index + 1) from exc
+        except ValueError as exc:  # includes UnicodeDecodeError
+            if index == last:
+                break  # torn by a crash mid-append: the change in flight
+            raise _invalid(path, f"journal line {index + 1} is damaged: {exc}", line=index + 1) from None
+        except RecursionError:
+            raise _invalid(path, f"journal line {index + 1} is nested too deeply", line=index + 1) from None
+        problem = _record_problem(record)
+        if problem is not None:
+            where, message = problem
+            raise _invalid(
+                path, f"journal line {index + 1} is not a valid record: {message}", where, index + 1
+            )
+        name = record["job"]
+        raw = record["entry"]
+        entry = None if raw is None else LockEntry.from_dict(raw)
         if entry is None:
             state.entries.pop(name, None)
         else:
@@ -444,7 +521,7 @@ class LockSession:
     def __init__(self, lockfile: Path) -> None:
         self.lockfile = lockfile
         self.journal = journal_path(lockfile)
-        self._flock: Any = None
+        self._flock: _OsLock | None = None
         self._journal_fd: int | None = None
         self.state = LockState()
         # The jobs as the lockfile on disk holds them (None: unknown, so write on flush).
@@ -459,26 +536,11 @@ class LockSession:
         self.close()
 
     def acquire(self) -> None:
-        from filelock import FileLock, Timeout
-
         lp = lock_path(self.lockfile)
-        try:
-            lp.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{self.lockfile}: cannot create {lp.parent}: {exc.strerror}") from exc
-        self._flock = FileLock(str(lp), timeout=0)
-        try:
-            self._flock.acquire()
-        except Timeout:
-            raise LockHeldError(
-                f"{self.lockfile}: another runner apply holds the lock ({lp}); "
-                "wait for it to finish (only one apply may write a lockfile at a time)"
-            ) from None
-        except OSError as exc:  # after Timeout, which is a TimeoutError (an OSError)
-            raise InputError(f"{self.lockfile}: cannot create the lock {lp}: {exc.strerror or exc}") from exc
+        self._flock = _OsLock.take(self.lockfile, lp)
         try:
             self.state = read_lockfile(self.lockfile)
-            if self.journal.exists():
+            if os.path.lexists(self.journal):
                 # Fold a crashed run's journal into the lockfile before anything else happens
                 # (the state read above already has it replayed, so the file is behind).
                 self._written_jobs = None
@@ -523,8 +585,9 @@ class LockSession:
 
     def _append(self, data: bytes) -> None:
         if self._journal_fd is None:
-            created = not self.journal.exists()
-            self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            created = not os.path.lexists(self.journal)
+            # Never through a symlink (one planted since the read would be refused here).
+            self._journal_fd = open_state(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if created:
                 fsync_dir(self.journal.parent)
         os.write(self._journal_fd, data)
@@ -570,10 +633,13 @@ class LockSession:
         if self._journal_fd is not None:
             os.ftruncate(self._journal_fd, 0)
             os.fsync(self._journal_fd)
-        elif self.journal.exists():
-            with self.journal.open("r+b") as fh:
-                fh.truncate(0)
-                os.fsync(fh.fileno())
+        elif os.path.lexists(self.journal):
+            fd = open_state(self.journal, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         """Final write; the journal is removed only once the lockfile holds everything."""
@@ -594,3 +660,73 @@ class LockSession:
                 self._flock.release()
                 self._flock = None
 
+
+
+class _OsLock:
+    """The apply's exclusive lock: ``flock`` on ``.runner/NAME.lock`` (what filelock used,
+    so older runners still exclude us), with the folder and the file opened without
+    following symlinks: a committed ``.runner -> /elsewhere`` or a lock file linked to
+    another file is refused, where filelock's ``O_TRUNC`` open emptied the target."""
+
+    def __init__(self, fd: int | None, fallback: Any = None) -> None:
+        self.fd = fd
+        self._fallback = fallback
+
+    @classmethod
+    def take(cls, lockfile: Path, lp: Path) -> _OsLock:
+        try:
+            folder = open_state_dir(lp.parent, create=True)
+        except UnsafeStateFile as exc:
+            raise _unsafe(lp.parent, exc, "the folder") from None
+        except OSError as exc:
+            raise InputError(f"{lockfile}: cannot create {lp.parent}: {exc.strerror or exc}") from exc
+        try:
+            fd = open_state(lp, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=folder)
+        except UnsafeStateFile as exc:
+            raise _unsafe(lp, exc, "the lock") from None
+        except OSError as exc:
+            raise InputError(f"{lockfile}: cannot create the lock {lp}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(folder)
+        try:
+            import fcntl
+        except ImportError:  # Windows: filelock's msvcrt lock on the same path
+            os.close(fd)
+            return cls._take_filelock(lockfile, lp)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeldError(
+                f"{lockfile}: another runner apply holds the lock ({lp}); "
+                "wait for it to finish (only one apply may write a lockfile at a time)"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise InputError(f"{lockfile}: cannot lock {lp}: {exc.strerror or exc}") from exc
+        return cls(fd)
+
+    @classmethod
+    def _take_filelock(cls, lockfile: Path, lp: Path) -> _OsLock:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(lp), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LockHeldError(
+                f"{lockfile}: another runner apply holds the lock ({lp}); "
+                "wait for it to finish (only one apply may write a lockfile at a time)"
+            ) from None
+        except OSError as exc:
+            raise InputError(f"{lockfile}: cannot create the lock {lp}: {exc.strerror or exc}") from exc
+        return cls(None, lock)
+
+    def release(self) -> None:
+        if self._fallback is not None:
+            self._fallback.release()
+            self._fallback = None
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor releases the flock

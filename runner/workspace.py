@@ -6,9 +6,12 @@ Shared by plan, apply and status so they agree on every step.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import usercache
+from runner.atomic import UnsafeStateFile, check_state_dir
 from runner.endpoint import target_identity
 from runner.errors import InputError
 from runner.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
@@ -17,9 +20,52 @@ from runner.lockfile import LockState, read_lockfile
 from runner.models import Manifest
 from runner.plan import Plan, make_plan
 
+# runner's own state beside a manifest: the apply lock (``.runner/NAME.lock``) and the
+# embedded sandbox's database and files. Never followed through a symlink (issue 12).
+STATE_DIRS = (".runner", ".runner/sandbox", ".runner/sandbox/uploads", ".runner/sandbox/outputs")
+STATE_FILES = tuple(f".runner/sandbox/sandbox.sqlite3{s}" for s in ("", "-wal", "-shm", "-journal"))
 
-def digest_cache_path(manifest: Manifest) -> Path:
-    return manifest.folder / ".runner" / "digests.json"
+
+def digest_cache_path(manifest: Manifest) -> Path | None:
+    """In the per-user cache folder (``runner.usercache``), never beside the manifest."""
+    return usercache.cache_file(manifest.folder, "digests.json")
+
+
+def check_state_folder(folder: Path) -> None:
+    """Refuse a ``.runner`` (or the sandbox's folders and database in it) that is a symlink
+    or not what runner made: plan and apply would write through it wherever it points."""
+    present: set[str] = set()
+    for rel in STATE_DIRS:
+        parent = rel.rpartition("/")[0]
+        if parent and parent not in present:
+            continue  # not there: nothing below it either
+        path = folder / rel
+        try:
+            if check_state_dir(path):
+                present.add(rel)
+        except UnsafeStateFile as exc:
+            raise _unsafe_state(path, exc) from None
+    if ".runner/sandbox" not in present:
+        return
+    for rel in STATE_FILES:
+        path = folder / rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise InputError(f"{path}: cannot check it: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            kind = "is a symlink" if stat.S_ISLNK(st.st_mode) else "is not a regular file"
+            raise _unsafe_state(path, UnsafeStateFile(0, kind, str(path)))
+
+
+def _unsafe_state(path: Path, exc: OSError) -> InputError:
+    return InputError(
+        f"{path} {exc.strerror}: runner keeps its state there (the apply lock, the embedded "
+        "sandbox's database) and never reads or writes it through a symlink; remove it "
+        "(it is not part of the repository: add .runner/ to .gitignore) and run again"
+    )
 
 
 def lockfile_for(manifest: Manifest, flag: str | None) -> Path:
@@ -33,7 +79,9 @@ def load(manifest_path: str, stats: dict[str, os.stat_result] | None = None) -> 
     """
     from runner.manifest import load_or_raise
 
-    cache = Path(os.path.abspath(manifest_path)).parent / ".runner" / "schema-valid.json"
+    folder = Path(os.path.abspath(manifest_path)).parent
+    check_state_folder(folder)
+    cache = usercache.cache_file(folder, "schema-valid.json")
     return load_or_raise(Path(manifest_path), check_images=False, stats=stats, schema_cache=cache)
 
 
