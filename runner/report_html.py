@@ -31,7 +31,7 @@ only, up to a size cap (``runner.sandbox.files``), and the database read-only. A
 or failed sample becomes a card saying why ("not from the API's origin", "too large",
 "timed out").
 
-``build_cards`` does the I/O; ``render_html`` is a pure function of the cards.
+``fill_samples`` does the I/O; ``render_html`` is a pure function of the cards.
 """
 
 from __future__ import annotations
@@ -293,6 +293,8 @@ class Fetcher:
                         return None, f"too large (more than {self.max_bytes / 1e6:.0f} MB)"
                     chunks.append(chunk)
                     if time.monotonic() > until or self.cancelled.is_set():
+                        if until >= self.deadline or self.cancelled.is_set():
+                            return None, "timed out (the report's deadline passed)"
                         return None, f"timed out (still downloading after {self.image_timeout:g} s)"
                 return b"".join(chunks), ""
         except httpx.ConnectTimeout:

@@ -445,12 +445,12 @@ def _sandbox_url(asset: str) -> str:
 
 
 def test_state_files_that_are_symlinks_fifos_or_devices_are_refused(tmp_path: Path) -> None:
-    """A committed ``sample_0.png -> /dev/zero``, a FIFO, a symlinked folder, a database that
-    is a symlink to /dev/zero: no hang, no memory blow-up, each card says why."""
+    """A committed ``sample_0.png -> /dev/zero``, a FIFO, a symlinked folder: no hang, no
+    memory blow-up, each card says why; the good one is still shown."""
     manifest = project(
         tmp_path / "p",
         {"zero": [_sandbox_url("zero1")], "fifo": [_sandbox_url("fifo1")], "dirlink": [_sandbox_url("link1")],
-         "fromdb": [_sandbox_url("nodb1")], "good": [_sandbox_url("good1")]},
+         "good": [_sandbox_url("good1")]},
     )
     state = manifest.parent / ".runner" / "sandbox"
     outputs = state / "outputs"
@@ -463,7 +463,6 @@ def test_state_files_that_are_symlinks_fifos_or_devices_are_refused(tmp_path: Pa
     (elsewhere / "sample_0.png").write_bytes(_png((40, 40), (255, 0, 0)))
     (outputs / "link1").symlink_to(elsewhere, target_is_directory=True)
     (outputs / "good1" / "sample_0.png").write_bytes(_png())
-    (state / "sandbox.sqlite3").symlink_to("/dev/zero")  # asked for nodb1, never rendered
     assert stat.S_ISFIFO(os.lstat(outputs / "fifo1" / "sample_0.png").st_mode)
     run = report(manifest, tmp_path / "out", timeout=60)
     print(f"\nhostile state files: {run.seconds:.1f} s, peak RSS {run.rss_mb:.0f} MB")
@@ -478,8 +477,28 @@ def test_state_files_that_are_symlinks_fifos_or_devices_are_refused(tmp_path: Pa
     assert "symbolic link" in card("zero")
     assert "not a regular file" in card("fifo")
     assert "symbolic link" in card("dirlink")
-    assert "sandbox database refused" in card("fromdb") and "symbolic link" in card("fromdb")
     assert '<img class="sample"' in card("good")
+
+
+def test_a_database_that_is_a_symlink_to_dev_zero_is_never_opened(tmp_path: Path) -> None:
+    """``.runner/sandbox/sandbox.sqlite3 -> /dev/zero``: the workspace refuses it outright
+    (exit 1, no report; issue 12 item 4), or, were it let through, the report refuses to
+    open it and the card says so. Either way quickly and with little memory."""
+    manifest = project(tmp_path / "p", {"fromdb": [_sandbox_url("nodb1")]})
+    state = manifest.parent / ".runner" / "sandbox"
+    state.mkdir(parents=True)
+    (state / "sandbox.sqlite3").symlink_to("/dev/zero")
+    run = report(manifest, tmp_path / "out", timeout=60)
+    assert run.seconds < 20 and run.rss_mb < RSS_LIMIT_MB
+    page = tmp_path / "out" / "report.html"
+    if run.code == 1:
+        assert "is a symlink" in run.stderr and not page.exists()
+    else:
+        assert run.code == 0, run.stderr
+        assert "sandbox database refused: the file is a symbolic link" in cards(page)
+    with Fetcher() as fetcher:  # the report's own rule, whatever the workspace does
+        data, problem = fetcher.sandbox_file(_sandbox_url("nodb1"), manifest.parent)
+    assert data is None and problem == "sandbox database refused: the file is a symbolic link"
 
 
 def test_a_state_folder_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
