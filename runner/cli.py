@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", metavar="URL", help="override api.endpoint")
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument(
+        "--allow-trust-change", action="store_true",
+        help="send the key to an endpoint or from a variable the lockfile's entries were not made with",
+    )
+    p.add_argument(
         "--trace-http", metavar="FILE",
         help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
     )

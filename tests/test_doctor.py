@@ -177,3 +177,19 @@ def test_answers_no_sandbox_gives_are_described(
     assert [a["status"] for a in answers] == [get[0], post[0]]
     if get[0] == 200:
         assert answers[0]["reads_as"] == "running" and "cannot exist was answered 200" in checks["answers"]["detail"]
+
+
+def test_doctor_refuses_a_trust_change_like_apply(tmp_path: Path) -> None:
+    """A lockfile made on the sandbox and a manifest now pointing elsewhere: doctor would send
+    the key to a new host, so it refuses (exit 1, nothing resolved or sent) until a person
+    passes --allow-trust-change."""
+    write_manifest(tmp_path, "sandbox", 1, images_per_job=1)
+    applied = runner("apply", "m.yaml", cwd=tmp_path, env={"RUNNER_SANDBOX_TRAIN_SECONDS": "0.1"})
+    assert applied.code == 0, applied.stderr
+    env = {"RUNNER_ENDPOINT": "https://runner-test.invalid"}
+    result = runner("doctor", "m.yaml", cwd=tmp_path, env=env)
+    assert result.code == 1
+    assert "trust change" in result.stderr and "--allow-trust-change" in result.stderr
+    assert "name resolution" not in result.stdout  # refused before anything was tried
+    allowed = runner("doctor", "m.yaml", "--allow-trust-change", cwd=tmp_path, env=env)
+    assert allowed.code == 1 and "cannot resolve the host name runner-test.invalid" in allowed.stdout

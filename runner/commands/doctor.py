@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     endpoint = choose_endpoint(manifest, args.endpoint, os.environ)
     source = _endpoint_source(args, manifest_note)
     key_var = manifest.api.api_key_env
+    if manifest_note is not None and not getattr(args, "allow_trust_change", False):
+        _trust_guard(manifest, manifest_note, endpoint)
     key_problem: str | None = None
     try:
         api_key_for(manifest, endpoint, os.environ)
@@ -133,6 +135,19 @@ def _manifest(args: argparse.Namespace) -> tuple[Manifest, str | None]:
         f"no manifest: name one, or run doctor where {DEFAULT_MANIFEST} is; "
         "or give the endpoint with --endpoint URL (or RUNNER_ENDPOINT)"
     )
+
+
+def _trust_guard(manifest: Manifest, display: str, endpoint: str) -> None:
+    """doctor sends the key too: like apply, it refuses an endpoint or key variable the
+    lockfile's entries were not made with, when the key would leave this machine, until a
+    person passes --allow-trust-change (a pull request's pipeline must not run it to leak
+    the key to a host the PR chose)."""
+    from runner.lockfile import read_lockfile
+    from runner.trust import assess, refuse
+
+    entries = read_lockfile(manifest.default_lockfile()).entries
+    target = "sandbox" if endpoint == SANDBOX else api_identity(endpoint)
+    refuse(assess(target, manifest.api.api_key_env, entries), display, "doctor")
 
 
 def _endpoint_source(args: argparse.Namespace, manifest_note: str | None) -> str:
