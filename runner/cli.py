@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from runner import __version__
-from runner.errors import EXIT_INPUT, EXIT_INTERRUPTED, RunnerError
+from runner.errors import EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, RunnerError
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -255,6 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             + logsetup.redact(traceback.format_exc()),
             file=sys.stderr,
         )
-        return EXIT_INPUT
+        return EXIT_BUG
     finally:
         ALLOW_OUTSIDE_LINKS.reset(links)

@@ -24,6 +24,7 @@ EXIT_INPUT = 1
 EXIT_CHANGES = 2
 EXIT_INCOMPLETE = 3
 EXIT_CREDIT = 4
+EXIT_BUG = 70  # an unexpected internal error (DESIGN section 2)
 EXIT_INTERRUPTED = 130
 
 
