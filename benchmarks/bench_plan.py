@@ -77,7 +77,7 @@ def main() -> int:
                 runs.append((r.wall, r.cpu, int(probe[3]), int(probe[4]), r.maxrss_mb))
         images = sum(p.stat().st_size for p in (folder / "data").rglob("*.png"))
         meta = {p.name: p.stat().st_size for p in
-                [manifest, folder / "plan.lock.yaml", *sorted((folder / ".runner").glob("*.json"))]}
+                [manifest, folder / "plan.lock.yaml", *_cache_files(folder)]}
         first, warm = runs[0], runs[1:] or runs
         walls = [w for w, *_ in warm]
         print(f"no-op plan: {args.jobs} jobs x {args.images} images "
@@ -98,6 +98,17 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def _cache_files(folder: Path) -> list[Path]:
+    """The plan's cache files: in the per-user cache folder (runner.usercache), or in
+    ``.runner/`` for runners before it existed."""
+    try:
+        from runner.usercache import folder_for
+    except ImportError:
+        return sorted((folder / ".runner").glob("*.json"))
+    where = folder_for(folder, create=False)
+    return sorted(where.glob("*.json")) if where is not None else []
 
 
 if __name__ == "__main__":

@@ -113,15 +113,15 @@ def read_sealed(path: Path | None, purpose: str) -> bytes | None:
         if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
             return None
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read()
+            head = fh.readline(256)  # the seal; then the payload, read without a copy
+            payload = fh.read()
     except OSError:
         return None
     finally:
         os.close(fd)
-    head, sep, payload = data.partition(b"\n")
-    if not sep:
+    if not head.endswith(b"\n"):
         return None
-    expected = SEAL_VERSION + b" " + _mac(key, path, purpose, payload).encode()
+    expected = SEAL_VERSION + b" " + _mac(key, path, purpose, payload).encode() + b"\n"
     return payload if hmac.compare_digest(head, expected) else None
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -341,3 +343,79 @@ def test_no_key_in_state(tmp_path: Path, cache: Path, template: Path) -> None:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert lock_doc(repo / "runner.lock.yaml")["jobs"]["hero"]["status"] == "succeeded"
+
+
+# -- the cache folder itself (in-process) ------------------------------------------------------
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    from runner import usercache
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(folder))
+    usercache.reset()
+    yield folder
+    usercache.reset()
+
+
+def test_sealed_files_verify_only_as_written(tmp_path: Path, private_cache: Path) -> None:
+    """A sealed file reads back; a changed byte, another purpose, a copy at another path or a
+    file without a seal is a miss (None), never content."""
+    from runner import usercache
+
+    where = usercache.folder_for(tmp_path / "project")
+    assert where is not None and where.parent == Path(os.path.realpath(private_cache))
+    path = where / "x.json"
+    assert usercache.write_sealed(path, "digests", b'{"a": 1}')
+    assert usercache.read_sealed(path, "digests") == b'{"a": 1}'
+    assert usercache.read_sealed(path, "lockfile") is None
+    data = path.read_bytes()
+    path.write_bytes(data[:-2] + b"2}")
+    assert usercache.read_sealed(path, "digests") is None
+    path.write_bytes(data)
+    (where / "copy.json").write_bytes(data)
+    assert usercache.read_sealed(where / "copy.json", "digests") is None
+    (where / "plain.json").write_bytes(b'{"a": 1}\n{"a": 1}')
+    assert usercache.read_sealed(where / "plain.json", "digests") is None
+    os.symlink(path, where / "link.json")
+    assert usercache.read_sealed(where / "link.json", "digests") is None
+    assert (private_cache / "key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_key_others_could_read_is_replaced(tmp_path: Path, private_cache: Path) -> None:
+    """A key file readable by others (or not 32 bytes) is not trusted: files sealed with it
+    are misses, and the next write makes a new private key."""
+    from runner import usercache
+
+    path = usercache.cache_file(tmp_path / "project", "d.json")
+    assert path is not None and usercache.write_sealed(path, "digests", b"{}")
+    key = private_cache / "key"
+    old = key.read_bytes()
+    key.chmod(0o644)
+    usercache.reset()
+    assert usercache.read_sealed(path, "digests") is None
+    assert usercache.write_sealed(path, "digests", b"{}")
+    assert key.read_bytes() != old and key.stat().st_mode & 0o777 == 0o600
+    assert usercache.read_sealed(path, "digests") == b"{}"
+
+
+def test_a_cache_folder_others_can_write_is_not_used(tmp_path: Path, private_cache: Path) -> None:
+    """A group- or world-writable cache folder (a shared /tmp path in RUNNER_CACHE_DIR) turns
+    caches off; so does a per-manifest folder replaced by a symlink."""
+    from runner import usercache
+
+    private_cache.mkdir(mode=0o700)
+    private_cache.chmod(0o777)
+    assert usercache.folder_for(tmp_path / "project") is None
+    assert not usercache.write_sealed(private_cache / "x", "digests", b"{}")
+    private_cache.chmod(0o700)
+    usercache.reset()
+    where = usercache.folder_for(tmp_path / "project")
+    assert where is not None
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(where)
+    os.symlink(elsewhere, where)
+    assert usercache.folder_for(tmp_path / "project") is None
+    assert list(elsewhere.iterdir()) == []
