@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     p.add_argument("--refresh", action="store_true", help="ask the API about jobs still training")
+    p.add_argument(
+        "--prune", action="store_true", help="show the orphaned lock entries apply --prune would drop"
+    )
     _links_opt(p)
 
     p = sub.add_parser("apply", parents=[common], help="submit, follow and record the jobs")
@@ -89,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="drop lock entries whose job left the manifest")
     p.add_argument("--endpoint", metavar="URL", help="override api.endpoint")
     p.add_argument("--max-submissions", type=int, metavar="N", help="refuse plans starting more trainings")
+    p.add_argument(
+        "--auto-approve", action="store_true",
+        help="do not ask 'yes' on a terminal before starting paid trainings (CI never asks)",
+    )
     p.add_argument(
         "--allow-trust-change", action="store_true",
         help="send the key although the endpoint or api_key_env differs from the lockfile's (after review)",

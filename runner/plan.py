@@ -23,15 +23,17 @@ key would go and what changed against the lockfile; a trust change is a change f
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from runner.endpoint import accepts, made_at
 from runner.errors import UsageError
 from runner.fingerprint import Fingerprinted
 from runner.lockfile import LockEntry
 from runner.trust import Trust, assess
+from runner.wire import image_count
 
 Action = Literal["create", "replace", "resume", "retry", "blocked", "noop", "orphan"]
 ACTIONS: tuple[Action, ...] = (
@@ -46,6 +48,7 @@ ACTIONS: tuple[Action, ...] = (
 SUBMITTING_ACTIONS = frozenset({"create", "replace", "retry"})
 # What --detailed-exitcode calls "changes": anything apply would do, or that needs a person.
 CHANGE_ACTIONS = frozenset({"create", "replace", "resume", "retry", "blocked"})
+PRUNE_REASON = "dropped from the lockfile by --prune"
 REASON_FIELDS = ("option", "finetune_type", "lora_prefix", "num_iterations", "prompt", "images")
 
 
@@ -57,8 +60,9 @@ class Change:
     reasons: tuple[str, ...] = ()
     job: Fingerprinted | None = None
     entry: LockEntry | None = None
-    # Changed values as (field, old, new), shown "field: old → new" by the views.
-    diff: tuple[tuple[str, str, str], ...] = ()
+    # Changed values as (field, old, new), shown "field: old → new" by the views: strings,
+    # integers (images: the count, num_iterations) or None (a field the request lacked).
+    diff: tuple[tuple[str, Any, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Plan:
     manifest: str
     changes: tuple[Change, ...]
     trust: Trust | None = None
+    # ``plan --prune``: the orphans are shown as apply --prune would drop them (a change).
+    prune: bool = False
 
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
@@ -77,7 +83,15 @@ class Plan:
     def has_changes(self) -> bool:
         if self.trust is not None and self.trust.changes:
             return True
-        return any(c.action in CHANGE_ACTIONS for c in self.changes)
+        changing = CHANGE_ACTIONS | {"orphan"} if self.prune else CHANGE_ACTIONS
+        return any(c.action in changing for c in self.changes)
+
+    def pruning(self) -> Plan:
+        """This plan as ``apply --prune`` would run it: each orphan to be dropped."""
+        changes = tuple(
+            replace(c, reasons=(PRUNE_REASON,)) if c.action == "orphan" else c for c in self.changes
+        )
+        return replace(self, changes=changes, prune=True)
 
     def with_trust(
         self, api: str, api_key_env: str, entries: dict[str, LockEntry], variables: Sequence[str] = ()
@@ -99,6 +113,28 @@ def _reasons(job: Fingerprinted, entry: LockEntry) -> tuple[str, ...]:
         if job.inputs.get(key) != entry.inputs.get(key)
     ]
     return tuple(changed) or ("fingerprint",)
+
+
+def _diff(job: Fingerprinted, entry: LockEntry, reasons: Sequence[str]) -> tuple[tuple[str, Any, Any], ...]:
+    """Old → new for each changed input the lockfile kept: the values themselves, and for
+    ``images`` (kept as a digest) the counts, when they differ (same count: the reason alone)."""
+    out: list[tuple[str, Any, Any]] = []
+    for key in reasons:
+        if key == "images":
+            old, new = entry.images, image_count(job.job)
+            if old and old != new:
+                out.append(("images", old, new))
+        elif key in REASON_FIELDS:
+            out.append((key, entry.inputs.get(key), job.inputs.get(key)))
+    return tuple(out)
+
+
+def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
+    """Sort key putting ``a2`` before ``a10``: digit runs compare as numbers."""
+    return tuple(
+        (0, int(part), part) if part.isdigit() else (1, 0, part)
+        for part in re.findall(r"\d+|\D+", name)
+    )
 
 
 def _action_for(job: Fingerprinted, entry: LockEntry | None) -> tuple[Action, tuple[str, ...]]:
@@ -136,7 +172,8 @@ def make_plan(
     *,
     api: str | None = None,
 ) -> Plan:
-    """One change per manifest job plus one per orphaned lock entry, sorted by name.
+    """One change per manifest job plus one per orphaned lock entry, in natural order of
+    name (``a2`` before ``a10``).
 
     ``api``: the target's identity; None skips the endpoint check.
     """
@@ -158,12 +195,13 @@ def make_plan(
                 )
                 continue
         action, reasons = _action_for(fp, entry)
-        changes.append(Change(fp.job.name, action, fp.fingerprint, reasons, fp, entry))
+        diff = _diff(fp, entry, reasons) if action == "replace" and entry is not None else ()
+        changes.append(Change(fp.job.name, action, fp.fingerprint, reasons, fp, entry, diff))
     for name, entry in entries.items():
         if name in in_manifest or (wanted and name not in wanted):
             continue
         changes.append(
             Change(name, "orphan", entry.fingerprint, ("job is no longer in the manifest",), None, entry)
         )
-    changes.sort(key=lambda c: c.name)
+    changes.sort(key=lambda c: natural_key(c.name))
     return Plan(manifest, tuple(changes))

@@ -48,6 +48,23 @@ HEADINGS = {
     "noop": "are up to date",
     "orphan": "are no longer in the manifest (kept; --prune drops them)",
 }
+PRUNE_HEADING = "will be dropped from the lockfile (--prune; no longer in the manifest)"
+# ANSI colours of the text view on a terminal (``plan_text(color=True)``); only our own words
+# and symbols are coloured, never outside text, which stays cleaned (no escape of its own).
+COLORS = {
+    "create": "32",  # green
+    "replace": "33",  # yellow
+    "resume": "36",  # cyan
+    "retry": "33",
+    "blocked": "1;31",  # bold red
+    "noop": "2",  # dim
+    "orphan": "2",
+    "prune": "31",  # red: entries go
+}
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if color else text
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:
@@ -59,6 +76,8 @@ def plan_document(plan: Plan) -> dict[str, Any]:
     }
     if plan.trust is not None:  # where the key goes, and trust changes (runner.trust)
         doc["trust"] = plan.trust.to_dict()
+    if plan.prune:  # plan --prune: the orphans would be dropped
+        doc["prune"] = True
     return doc
 
 
@@ -78,10 +97,43 @@ def _job_document(change: Change) -> dict[str, Any]:
 _SELF_EVIDENT = frozenset({"new job"})
 
 
+# Long values (a Kontext prompt) are shown around their first difference, this wide.
+SHOWN_WIDTH = 40
+
+
+def _value(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def shorten_pair(old: str, new: str, width: int = SHOWN_WIDTH) -> tuple[str, str]:
+    """``old`` and ``new`` cut to about ``width`` characters each, around where they first
+    differ (so two long prompts that share a start still read as different), ``…`` marking
+    each cut."""
+    if len(old) <= width and len(new) <= width:
+        return old, new
+    common = 0
+    for a, b in zip(old, new, strict=False):
+        if a != b:
+            break
+        common += 1
+    # From the start, unless they share a long start: then from a little before the change.
+    start = common - width // 4 if common > width // 2 else 0
+
+    def cut(text: str) -> str:
+        if len(text) <= width:
+            return text
+        begin = min(start, max(0, len(text) - width))
+        piece = text[begin : begin + width]
+        return ("…" if begin else "") + piece + ("…" if begin + width < len(text) else "")
+
+    return cut(old), cut(new)
+
+
 def _why_parts(change: Change) -> list[str | tuple[str, str, str]]:
-    """The reasons, each changed value as ``(field, old, new)`` in place of its reason."""
+    """The reasons, each changed value as ``(field, old, new)`` in place of its reason
+    (long values shortened)."""
     shown: dict[str, str | tuple[str, str, str]] = {
-        key: (key, str(old), str(new)) for key, old, new in change.diff
+        key: (key, *shorten_pair(_value(old), _value(new))) for key, old, new in change.diff
     }
     parts = [shown.pop(r, r) for r in change.reasons if r not in _SELF_EVIDENT]
     return [*parts, *shown.values()]
@@ -109,35 +161,32 @@ def _summary_line(plan: Plan) -> str:
 
 
 def _counts_phrase(counts: dict[str, int]) -> str:
-    parts = [
-        f"{counts['create']} to create",
-        f"{counts['replace']} to replace",
-        f"{counts['resume']} to resume",
-        f"{counts['retry']} to retry",
-        f"{counts['blocked']} blocked",
-        f"{counts['noop']} unchanged",
-        f"{counts['orphan']} orphaned",
-    ]
-    return ", ".join(parts)
+    """The counts in the actions' own words (DESIGN section 5), as markdown and json say them."""
+    return ", ".join(f"{counts[action]} {action}" for action in ACTIONS)
 
 
-def plan_text(plan: Plan, *, show_noop: bool = False) -> str:
+def plan_text(plan: Plan, *, show_noop: bool = False, color: bool = False) -> str:
+    """The plan for a person: a group per action (``color``: ANSI colours, for a terminal)."""
     lines = [f"{clean(plan.manifest)}:"]
     for action in ACTIONS:
         changes = plan.with_action(action)
         if not changes or (action == "noop" and not show_noop):
             continue
+        pruned = action == "orphan" and plan.prune
+        code = COLORS["prune" if pruned else action]
+        heading = PRUNE_HEADING if pruned else HEADINGS[action]
+        symbol = "-" if pruned else SYMBOLS[action]
         lines.append("")
-        lines.append(f"  {len(changes)} job(s) {HEADINGS[action]}:")
+        lines.append(_paint(f"  {len(changes)} job(s) {heading}:", code, color))
         for change in changes:
-            why = _why(change)
+            why = "" if pruned else _why(change)
             why = f"  ({why})" if why else ""
-            lines.append(f"    {SYMBOLS[action]:>3} {clean(change.name)}{why}")
+            lines.append(f"    {_paint(f'{symbol:>3}', code, color)} {clean(change.name)}{why}")
     if not plan.has_changes and not plan.with_action("orphan"):
         lines.append("")
         lines.append("  No changes. Every job is up to date with the lockfile.")
     lines.append("")
-    lines.append(_summary_line(plan))
+    lines.append(_paint(_summary_line(plan), "1", color))
     return guard("\n".join(lines) + "\n")
 
 
@@ -205,7 +254,8 @@ def plan_markdown(plan: Plan) -> str:
     if shown:
         lines += ["| action | job | why |", "|---|---|---|"]
         for change in shown:
-            lines.append(f"| {change.action} | {md_code(change.name)} | {_md_why(change)} |")
+            action = "orphan (pruned)" if change.action == "orphan" and plan.prune else change.action
+            lines.append(f"| {action} | {md_code(change.name)} | {_md_why(change)} |")
     else:
         lines.append("No changes: every job is up to date with the lockfile.")
     return guard("\n".join(lines) + "\n")
@@ -318,21 +368,93 @@ def status_text(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def apply_summary(result: ApplyResult) -> str:
+def apply_counts(result: ApplyResult) -> dict[str, int]:
+    """How the run ended, job by job: ``unchanged`` for a job that was already done (it
+    is not counted as succeeded, with ``--target`` or not), ``pruned`` for a dropped
+    entry, ``training`` for one the service still trains (interrupted, ``--no-wait``)."""
     counts: dict[str, int] = {}
+    seen = set()
     for o in result.outcomes:
-        counts[o.status] = counts.get(o.status, 0) + 1
-    lines = []
-    for o in sorted(result.outcomes, key=lambda o: o.name):
+        seen.add(o.name)
+        status = "unchanged" if o.action == "noop" else o.status
+        counts[status] = counts.get(status, 0) + 1
+    for name in result.on_service:
+        if name not in seen:
+            counts["training"] = counts.get("training", 0) + 1
+    if result.pruned:
+        counts["pruned"] = len(result.pruned)
+    return dict(sorted(counts.items()))
+
+
+def apply_rows(result: ApplyResult) -> list[tuple[str, str, str, str, str]]:
+    """(job, action, status, trigger word, detail) for every job the run touched."""
+    rows = []
+    seen = set()
+    for o in result.outcomes:
+        seen.add(o.name)
         if o.action == "noop":
             continue
-        word = clean(o.trigger_word or "-")
-        detail = f"  {clean(o.message)}" if o.message and o.status != "succeeded" else ""
-        lines.append(f"  {clean(o.name):<30} {o.action:<8} {o.status:<10} {word}{detail}")
-    for name in result.pruned:
-        lines.append(f"  {clean(name):<30} {'orphan':<8} {'pruned':<10} -")
-    head = "Apply: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "Apply: nothing to do"
-    return guard("\n".join([head, *lines]) + "\n")
+        detail = o.message if o.message and o.status != "succeeded" else ""
+        rows.append((o.name, o.action, o.status, o.trigger_word or "-", detail or ""))
+    for name in result.on_service:
+        if name not in seen:
+            rows.append((name, "-", "training", "-", "still training on the service"))
+    rows += [(name, "orphan", "pruned", "-", "") for name in result.pruned]
+    return sorted(rows, key=lambda r: _natural(r[0]))
+
+
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """``a2`` before ``a10``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
+
+
+def apply_headline(result: ApplyResult) -> str:
+    counts = apply_counts(result)
+    if not result.changed and not result.interrupted:
+        unchanged = counts.get("unchanged", 0)
+        jobs = f"{unchanged} job{'s' if unchanged != 1 else ''} unchanged" if unchanged else "no jobs"
+        return f"No changes: {jobs}; nothing was sent."
+    head = "Apply interrupted: " if result.interrupted else "Apply: "
+    return head + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def lockfile_line(result: ApplyResult, lockfile: str) -> str:
+    """Where the lockfile is, and the reminder to commit it (it is the only record)."""
+    if not result.changed:
+        return f"Lockfile: {clean(lockfile)} (unchanged)"
+    return (
+        f"Lockfile: {clean(lockfile)} saved. Commit it (git add {clean(lockfile)}): "
+        "it records what was trained and paid for."
+    )
+
+
+def resume_lines(result: ApplyResult, lockfile: str, command: str) -> list[str]:
+    """After Ctrl-C (or ``--no-wait``): what was saved, what the service is still training
+    (paid; it keeps running), and the command that resumes following it."""
+    lines = []
+    if result.interrupted:
+        lines.append(f"Interrupted: every change so far is saved in {clean(lockfile)}.")
+    if result.on_service:
+        names = ", ".join(clean(n) for n in result.on_service)
+        lines.append(f"Still training on the service (paid; they keep running): {names}")
+        lines.append(f"Resume following them (nothing is submitted twice): {clean(command)}")
+    elif result.interrupted:
+        lines.append(f"Nothing is training on the service. Run again to finish: {clean(command)}")
+    return lines
+
+
+def apply_summary(result: ApplyResult, lockfile: str | None = None, command: str | None = None) -> str:
+    """The text result of ``runner apply`` (stdout): the headline, a row per job, and the
+    lockfile's path with the reminder to commit it."""
+    lines = [apply_headline(result)]
+    for name, action, status, word, detail in apply_rows(result):
+        extra = f"  {clean(detail)}" if detail else ""
+        lines.append(f"  {clean(name):<30} {action:<8} {status:<10} {clean(word)}{extra}")
+    if lockfile is not None:
+        lines.append(lockfile_line(result, lockfile))
+        if command is not None and (result.interrupted or result.on_service):
+            lines += resume_lines(result, lockfile, command)
+    return guard("\n".join(lines) + "\n")
 
 
 STATUS_STYLES = {

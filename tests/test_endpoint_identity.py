@@ -218,7 +218,7 @@ def _check_switched(capsys: pytest.CaptureFixture[str], manifest: Path) -> None:
     assert code == 0
     assert "3 job(s) will be created" in out
     assert out.count(f"(endpoint, api: sandbox → {LIVE})") == 3
-    assert "Plan: 3 to create, 0 to replace, 0 to resume, 0 to retry, 0 blocked, 0 unchanged" in out
+    assert "Plan: 3 create, 0 replace, 0 resume, 0 retry, 0 blocked, 0 noop" in out
 
     code, out, _ = cli(capsys, "plan", name, "--detailed-exitcode")
     assert code == 2

@@ -42,7 +42,7 @@ def test_plan_many_manifests_one_summary_and_worst_code(tmp_path: Path) -> None:
     result = run_runner("plan", str(tmp_path / "*" / "*.yaml"), "--detailed-exitcode")
     assert result.returncode == 2, result.stderr
     assert f"{a}:" in result.stdout and f"{b}:" in result.stdout
-    assert result.stdout.rstrip().splitlines()[-1].startswith("Total over 2 manifests: 3 to create")
+    assert result.stdout.rstrip().splitlines()[-1].startswith("Total over 2 manifests: 3 create")
 
     doc = json.loads(run_runner("plan", str(a), str(b), "--format", "json").stdout)
     assert [m["manifest"] for m in doc["manifests"]] == [str(a), str(b)]

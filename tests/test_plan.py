@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 
 from runner.errors import UsageError
@@ -125,3 +128,128 @@ def test_text_and_markdown_show_the_endpoint_change() -> None:
     assert "      + new\n" in text  # a new job's reason is the heading itself
     assert f"| create | `j` | endpoint, api: `sandbox` → `{LIVE}` |" in plan_markdown(plan)
     assert "| create | `new` | new job |" in plan_markdown(plan)
+
+
+def test_replace_shows_old_and_new_values() -> None:
+    """DESIGN section 5: old → new for each changed value; images as counts (the lock keeps a digest)."""
+    from runner.render import plan_document, plan_markdown, plan_text
+
+    job = Fingerprinted(
+        Job(name="j", images=tuple(Path(f"{i}.jpg") for i in range(13))), FP_B,
+        {**INPUTS, "images": "sha256:2", "lora_prefix": "WAVES", "option": "FluxProFinetune"},
+    )
+    old = LockEntry(fingerprint=FP_A, status="succeeded", images=12, inputs={**INPUTS, "lora_prefix": "STYLE"})
+    plan = make_plan("m.yaml", [job], {"j": old})
+    (change,) = plan.changes
+    assert change.diff == (("option", "FluxFinetune", "FluxProFinetune"), ("lora_prefix", "STYLE", "WAVES"), ("images", 12, 13))
+    text = plan_text(plan)
+    assert "-/+ j  (option: FluxFinetune → FluxProFinetune, lora_prefix: STYLE → WAVES, images: 12 → 13)" in text
+    md = plan_markdown(plan)
+    assert "| replace | `j` | option: `FluxFinetune` → `FluxProFinetune`, lora_prefix: `STYLE` → `WAVES`, images: `12` → `13` |" in md
+    doc = plan_document(plan)["jobs"][0]
+    assert doc["diff"]["images"] == {"old": 12, "new": 13}
+    assert doc["diff"]["lora_prefix"] == {"old": "STYLE", "new": "WAVES"}
+
+
+def test_same_image_count_keeps_the_bare_reason_and_a_missing_value_reads_none() -> None:
+    job = Fingerprinted(Job(name="j", images=(Path("a.jpg"),)), FP_B, {**INPUTS, "images": "sha256:2", "prompt": "p"})
+    plan = make_plan("m.yaml", [job], {"j": LockEntry(fingerprint=FP_A, status="succeeded", images=1, inputs=dict(INPUTS))})
+    (change,) = plan.changes
+    assert change.reasons == ("prompt", "images")
+    assert change.diff == (("prompt", None, "p"),)
+    from runner.render import plan_text
+
+    assert "(prompt: (none) → p, images)" in plan_text(plan)
+
+
+def test_long_prompts_are_shortened_around_their_difference() -> None:
+    from runner.render import shorten_pair
+
+    assert shorten_pair("short", "also short") == ("short", "also short")
+    old, new = shorten_pair("turn the car red", "turn the car a deep glossy candy-apple red, keep the background")
+    assert old == "turn the car red" and new.startswith("turn the car a deep") and new.endswith("…")
+    old, new = shorten_pair("x" * 60 + " red", "x" * 60 + " blue")
+    assert old.startswith("…") and old.endswith(" red") and new.endswith(" blue") and old != new
+    assert len(new) <= 42
+
+
+def test_natural_order_in_every_view() -> None:
+    """a2 before a10, in the plan and so in text, markdown and json."""
+    from runner.render import plan_document, plan_markdown, plan_text
+
+    plan = make_plan("m.yaml", [fp("a10"), fp("a2"), fp("b1")], {"a1": entry("succeeded")})
+    assert [c.name for c in plan.changes] == ["a1", "a2", "a10", "b1"]
+    text = plan_text(plan)
+    assert text.index(" a2\n") < text.index(" a10\n")
+    md = plan_markdown(plan)
+    assert md.index("`a2`") < md.index("`a10`")
+    assert [j["name"] for j in plan_document(plan)["jobs"]] == ["a1", "a2", "a10", "b1"]
+
+
+def test_one_vocabulary_across_views() -> None:
+    """The text summary counts in the actions' own words, as markdown and json."""
+    from runner.plan import ACTIONS
+    from runner.render import plan_document, plan_markdown, plan_text
+
+    plan = make_plan("m.yaml", [fp("a"), fp("b")], {"b": entry("succeeded"), "gone": entry("succeeded")})
+    assert "Plan: 1 create, 0 replace, 0 resume, 0 retry, 0 blocked, 1 noop, 1 orphan." in plan_text(plan)
+    assert "**1** create · **0** replace · **0** resume · **0** retry · **0** blocked · **1** noop · **1** orphan" in plan_markdown(plan)
+    assert tuple(plan_document(plan)["summary"]) == ACTIONS
+    for word in ("unchanged", "orphaned"):
+        assert word not in plan_text(plan).split("Plan:")[1]
+
+
+def test_colour_only_our_words_and_only_when_asked() -> None:
+    from runner.render import plan_text
+
+    plan = make_plan("m.yaml", [fp("\x1b[31mevil")], {})
+    plain = plan_text(plan)
+    assert "\x1b" not in plain
+    coloured = plan_text(plan, color=True)
+    assert "\x1b[32m" in coloured and "\x1b[0m" in coloured
+    assert "\\x1b[31mevil" in coloured  # the job's own escape stays shown, not obeyed
+    assert coloured.replace("\x1b[32m", "").replace("\x1b[1m", "").replace("\x1b[0m", "") == plain
+
+
+def test_use_color_follows_the_terminal_and_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.commands.plan import use_color
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert use_color(Tty())
+    assert not use_color(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_color(Tty())
+
+
+def test_prune_shows_what_apply_prune_drops() -> None:
+    from runner.render import plan_document, plan_markdown, plan_text
+
+    plan = make_plan("m.yaml", [fp("a")], {"a": entry("succeeded"), "gone": entry("succeeded")})
+    assert not plan.has_changes
+    pruned = plan.pruning()
+    assert pruned.has_changes  # --detailed-exitcode: apply --prune would change the lockfile
+    text = plan_text(pruned)
+    assert "1 job(s) will be dropped from the lockfile (--prune; no longer in the manifest):\n      - gone\n" in text
+    assert "| orphan (pruned) | `gone` | dropped from the lockfile by --prune |" in plan_markdown(pruned)
+    doc = plan_document(pruned)
+    assert doc["prune"] is True and doc["jobs"][1]["action"] == "orphan"
+    assert "prune" not in plan_document(plan)
+
+
+def test_diff_and_prune_documents_match_the_schema() -> None:
+    from jsonschema import Draft202012Validator
+
+    from runner.render import plan_document
+    from runner.schemafiles import load_schema
+
+    job = Fingerprinted(Job(name="j", images=(Path("a.jpg"), Path("b.jpg"))), FP_B, {**INPUTS, "images": "sha256:2", "num_iterations": 300})
+    old = LockEntry(fingerprint=FP_A, status="succeeded", images=1, inputs=dict(INPUTS))
+    plan = make_plan("m.yaml", [job], {"j": old, "gone": entry("succeeded")}).pruning()
+    doc = plan_document(plan)
+    assert doc["jobs"][1]["diff"] == {"num_iterations": {"old": 0, "new": 300}, "images": {"old": 1, "new": 2}}
+    assert list(Draft202012Validator(load_schema("plan")).iter_errors(doc)) == []

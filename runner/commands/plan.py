@@ -16,6 +16,7 @@ nothing sent).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from runner import logsetup
@@ -38,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
     manifests = expand_manifests(args.manifests, lockfile=args.lockfile)
     if len(manifests) == 1:
         plan = _plan(manifests[0], args)
-        view = {"json": plan_json, "markdown": markdown_view}.get(args.format, text_view)
-        sys.stdout.write(view(plan))
+        if args.format == "json":
+            sys.stdout.write(plan_json(plan))
+        elif args.format == "markdown":
+            sys.stdout.write(markdown_view(plan))
+        else:
+            sys.stdout.write(text_view(plan, color=use_color()))
         return EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK
 
     plans: list[Plan] = []
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         plans.append(plan)
         codes.append(EXIT_CHANGES if args.detailed_exitcode and plan.has_changes else EXIT_OK)
         if args.format == "text":  # streamed, so a long catalog shows progress
-            sys.stdout.write(text_view(plan) + "\n")
+            sys.stdout.write(text_view(plan, color=use_color()) + "\n")
             sys.stdout.flush()
     if args.format == "json":
         sys.stdout.write(plans_json(plans, failed))
@@ -78,6 +83,8 @@ def _plan(manifest_path: str, args: argparse.Namespace) -> Plan:
         plan = refresh_plan(prepared)  # refuses a trust change before anything is sent
     # Against the lockfile as read: what the reviewed state says, not what --refresh learnt.
     manifest = prepared.manifest
+    if getattr(args, "prune", False):
+        plan = plan.pruning()
     return plan.with_trust(prepared.api, manifest.api.api_key_env, prepared.state.entries, manifest.variables)
 
 
@@ -86,8 +93,18 @@ def _trust(plan: Plan) -> Trust:
     return plan.trust
 
 
-def text_view(plan: Plan) -> str:
-    return with_text(plan_text(plan), _trust(plan))
+def use_color(stream: object = None) -> bool:
+    """Colour the text plan: only on a terminal, never with ``NO_COLOR`` set (no-color.org)
+    or ``TERM=dumb``."""
+    out = stream if stream is not None else sys.stdout
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def text_view(plan: Plan, *, color: bool = False) -> str:
+    return with_text(plan_text(plan, color=color), _trust(plan))
 
 
 def markdown_view(plan: Plan) -> str:
