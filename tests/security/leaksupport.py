@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import REPO_ROOT, make_image
+from clisupport import Run, git, pythonpath, run_cli
+from helpers import make_image
 
 # Secret-looking values, as CI would hold them; no piece of 8+ characters may leak.
 KEY = "sk-live-7Hq2Xv9LmR4tW8zK3pN6bY1cQe5J"
@@ -29,17 +28,6 @@ AWS = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzq9Lk2Vb"
 HOOK = "https://hooks.example/ci?token=whsec-Jm4Qx8Tz2Lk7Rv5Np9Wd3Hf6"
 HOOK_SECRET = "whsec-Jm4Qx8Tz2Lk7Rv5Np9Wd3Hf6"
 FRAGMENT = 8
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout + self.stderr
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -50,29 +38,15 @@ def environment(**extra: str) -> dict[str, str]:
         CI="true",
         NO_COLOR="1",
         RUNNER_SANDBOX_TRAIN_SECONDS="0.05",
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        PYTHONPATH=pythonpath(),
     )
     env.update(extra)
     return env
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
-    """``python -m runner ARGS`` in ``cwd``: never a traceback, whatever the attack."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd, env=env or environment(), capture_output=True, text=True, timeout=timeout, check=False,
-    )
-    result = Run(proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in result.text and "internal error" not in result.text, result.text
-    return result
-
-
-def git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", *args],
-        cwd=repo, capture_output=True, text=True, check=True,
-    )
-    return proc.stdout
+    """``python -m runner ARGS`` in ``cwd`` with the secret-looking environment."""
+    return run_cli(*args, cwd=cwd, env=env or environment(), timeout=timeout)
 
 
 def images(repo: Path, *names: str) -> None:

@@ -6,56 +6,28 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import REPO_ROOT, make_image
+from clisupport import Run, git, pythonpath, run_cli
+from helpers import make_image
 
 SECRET = "sk-state-Lk3Rb7Qw"
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout + self.stderr
-
-
 def run(*args: str, cwd: Path, cache: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
-    """``python -m runner ARGS`` in ``cwd``; never a traceback, whatever the attack."""
+    """``python -m runner ARGS`` in ``cwd`` with a private cache folder."""
     full_env = {
         **os.environ,
         "VIMMERSE_API_KEY": SECRET,
         "CI": "true",
         "RUNNER_CACHE_DIR": str(cache),
         "RUNNER_SANDBOX_TRAIN_SECONDS": "0.05",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "PYTHONPATH": pythonpath(),
         **(env or {}),
     }
-    proc = subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
-    )
-    result = Run(proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in result.text and "internal error" not in result.text, result.text
-    return result
-
-
-def git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false",
-         *args],
-        cwd=repo, capture_output=True, text=True, check=True,
-    )
-    return proc.stdout
+    return run_cli(*args, cwd=cwd, env=full_env, timeout=timeout)
 
 
 MANIFEST = """\
