@@ -96,3 +96,15 @@ def test_readme_installs_by_the_distribution_name() -> None:
     for line in ("pip install lora-runner", "pipx install lora-runner", "uv tool install lora-runner"):
         assert line in text, line
     assert "pip install runner" not in text
+
+
+def test_ci_recipes_install_the_distribution_by_its_name() -> None:
+    """pip refuses `runner @ git+URL` when the project there is named lora-runner."""
+    import re
+
+    for recipe in sorted((REPO_ROOT / "examples" / "ci").glob("*.yml")):
+        text = recipe.read_text(encoding="utf-8")
+        specs = re.findall(r"RUNNER_SPEC: \"([^\"]+)\"", text)
+        assert specs, recipe.name
+        for spec in specs:
+            assert spec.startswith("lora-runner @ git+https://"), (recipe.name, spec)
