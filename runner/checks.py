@@ -38,6 +38,16 @@ _PATH = tuple[PathPart, ...]
 _ESCAPES = "path escapes the manifest's folder"
 _NUL = "path contains a NUL character"  # no file can have one; os.stat would raise
 _ALLOW = " (pass --allow-outside-links to allow it)"
+# ``runner init`` writes a Kontext prompt starting with this: an error until edited.
+PLACEHOLDER_MARK = "TODO:"
+# What ``runner init`` wrote before it marked the placeholder: still a placeholder.
+OLD_PLACEHOLDER = "describe the edit that turns each start image into its end image"
+PLACEHOLDER_MESSAGE = "placeholder prompt from runner init: write the edit these pairs teach (e.g. 'turn the car red')"
+
+
+def is_placeholder_prompt(prompt: str) -> bool:
+    text = prompt.strip()
+    return text.upper().startswith(PLACEHOLDER_MARK) or text == OLD_PLACEHOLDER
 
 
 def parse_duration(value: object) -> float | None:
@@ -140,6 +150,7 @@ class Checker:
         jobs: list[Job] = []
         if isinstance(jobs_data, list):
             self.check_names(jobs_data)
+            self.check_prefixes(jobs_data, defaults)
             for index, job in enumerate(jobs_data):
                 if isinstance(job, dict):
                     resolved = self.check_job(index, job, defaults)
@@ -216,6 +227,32 @@ class Checker:
             else:
                 first[name] = index
 
+    def check_prefixes(self, jobs: list[Any], defaults: dict[str, Any]) -> None:
+        """Two jobs with the same lora_prefix: a warning (an error under --strict), at the
+        second job's lora_prefix (or the job, when it inherits the defaults' prefix)."""
+        first: dict[str, tuple[int, str]] = {}
+        inherited = defaults.get("lora_prefix")
+        for index, job in enumerate(jobs):
+            if not isinstance(job, dict):
+                continue
+            own = "lora_prefix" in job
+            prefix = job.get("lora_prefix") if own else inherited
+            if not isinstance(prefix, str):
+                continue
+            name = job.get("name") if isinstance(job.get("name"), str) else f"jobs[{index}]"
+            if prefix in first:
+                other_index, other = first[prefix]
+                line, _ = self.doc.position(("jobs", other_index))
+                came = "" if own else " (from defaults)"
+                self.report(
+                    ("jobs", index, "lora_prefix") if own else ("jobs", index),
+                    f"lora_prefix {prefix!r}{came} is also job {other!r}'s (line {line}): "
+                    "their trigger words will be hard to tell apart; give each job its own",
+                    severity="warning",
+                )
+            else:
+                first[prefix] = (index, str(name))
+
     # -- one job ----------------------------------------------------------------------------
 
     def check_job(self, index: int, job: dict[str, Any], defaults: dict[str, Any]) -> Job | None:
@@ -268,6 +305,11 @@ class Checker:
                 severity="warning",
                 at_key=True,
             )
+        prompt = merged.get("prompt")
+        if kontext and isinstance(prompt, str) and is_placeholder_prompt(prompt):
+            where: _PATH = (*here, "prompt") if "prompt" in job else ("defaults", "prompt")
+            if not any(d.message == PLACEHOLDER_MESSAGE and d.path == format_path(list(where)) for d in self.diagnostics):
+                self.report(where, PLACEHOLDER_MESSAGE)
         if not kontext and not any(k in job for k in ("images", "image_urls", "pairs")):
             self.report(here, "no training images: set images, image_urls or pairs")
         if isinstance(job.get("webhook_url"), str):

@@ -36,8 +36,33 @@ def test_one_job_per_subfolder_with_kontext_pairs_and_unique_names(tmp_path: Pat
     assert cars["option"] == "FluxKontextFinetune" and cars["prompt"]
     assert cars["pairs"] == {"start_dir": "data/cars/start", "end_dir": "data/cars/end"}
     assert "edit the prompt" in result.stderr
+    # The placeholder prompt fails validate, naming its place, until it is edited.
+    assert cars["prompt"].startswith("TODO:")
+    check = run_runner("validate", "runner.yaml", cwd=tmp_path)
+    assert check.returncode == 1
+    line = next(n for n, text in enumerate((tmp_path / "runner.yaml").read_text().splitlines(), 1) if "prompt:" in text)
+    assert f"runner.yaml:{line}:13: jobs[1].prompt: placeholder prompt from runner init" in check.stdout
+    edited = (tmp_path / "runner.yaml").read_text().replace(cars["prompt"], "turn the car red")
+    (tmp_path / "runner.yaml").write_text(edited)
     check = run_runner("validate", "runner.yaml", cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_init_says_what_each_job_skips(tmp_path: Path) -> None:
+    """Sub-folders and files that are not images are named per job (hidden files are not)."""
+    make_image(tmp_path / "data" / "style" / "a.png")
+    make_image(tmp_path / "data" / "style" / "more" / "b.png")
+    (tmp_path / "data" / "style" / "notes.txt").write_text("x")
+    (tmp_path / "data" / "style" / ".DS_Store").write_text("x")
+    make_image(tmp_path / "data" / "mug" / "m.png")
+    make_image(tmp_path / "data" / "edit" / "start" / "one.png")
+    make_image(tmp_path / "data" / "edit" / "end" / "one.png")
+    (tmp_path / "data" / "edit" / "end" / "list.csv").write_text("x")
+    result = run_runner("init", "data", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "note: style: skipped data/style/more/ (sub-folders are not read), data/style/notes.txt (not an image)\n" in result.stderr
+    assert "note: edit: skipped data/edit/end/list.csv (not an image)\n" in result.stderr
+    assert "mug: skipped" not in result.stderr and ".DS_Store" not in result.stderr
 
 
 def test_a_folder_of_images_is_one_job(tmp_path: Path) -> None:

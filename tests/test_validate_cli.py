@@ -193,3 +193,45 @@ def test_missing_manifest_and_usage(tmp_path: Path) -> None:
     result = run_runner("validate", "nope.yaml", cwd=tmp_path)
     assert result.returncode == 1 and "nope.yaml: file not found" in result.stdout
     assert run_runner("validate", cwd=tmp_path).returncode == 1
+
+
+def test_shared_lora_prefix_warns_and_fails_strict(tmp_path: Path) -> None:
+    """Two jobs with one lora_prefix: a warning at the second's key path (and one inheriting
+    it from defaults at the job); --strict makes them errors."""
+    for n in ("a", "b", "c"):
+        make_image(tmp_path / f"{n}.png")
+    (tmp_path / "m.yaml").write_text(
+        "version: 1\ndefaults:\n  lora_prefix: STYLE\njobs:\n"
+        "  - name: a\n    images: a.png\n"
+        "  - name: b\n    lora_prefix: STYLE\n    images: b.png\n"
+        "  - name: c\n    lora_prefix: OTHER\n    images: c.png\n"
+    )
+    relaxed = run_runner("validate", "m.yaml", cwd=tmp_path)
+    assert relaxed.returncode == 0, relaxed.stdout
+    assert "m.yaml:8:18: warning: jobs[1].lora_prefix: lora_prefix 'STYLE' is also job 'a''s (line 5)" in relaxed.stdout
+    assert "valid (3 jobs, 3 images, 1 warning)" in relaxed.stdout
+    strict = run_runner("validate", "--strict", "m.yaml", cwd=tmp_path)
+    assert strict.returncode == 1
+    (tmp_path / "m.yaml").write_text(
+        "version: 1\ndefaults:\n  lora_prefix: STYLE\njobs:\n"
+        "  - name: a\n    lora_prefix: STYLE\n    images: a.png\n"
+        "  - name: b\n    images: b.png\n"
+    )
+    inherited = run_runner("validate", "m.yaml", cwd=tmp_path)
+    assert "m.yaml:8:5: warning: jobs[1]: lora_prefix 'STYLE' (from defaults) is also job 'a''s (line 5)" in inherited.stdout
+
+
+def test_init_placeholder_prompt_fails_until_edited(tmp_path: Path) -> None:
+    """The TODO: prompt init writes is an error naming its place; an edited prompt validates."""
+    make_image(tmp_path / "s.png")
+    make_image(tmp_path / "e.png")
+    text = (
+        "version: 1\njobs:\n  - name: k\n    option: FluxKontextFinetune\n    lora_prefix: K\n"
+        '    prompt: "TODO: describe the edit"\n    pairs: [{start: s.png, end: e.png}]\n'
+    )
+    (tmp_path / "m.yaml").write_text(text)
+    result = run_runner("validate", "m.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "m.yaml:6:13: jobs[0].prompt: placeholder prompt from runner init" in result.stdout
+    (tmp_path / "m.yaml").write_text(text.replace("TODO: describe the edit", "turn it red"))
+    assert run_runner("validate", "m.yaml", cwd=tmp_path).returncode == 0

@@ -23,12 +23,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.checks import OLD_PLACEHOLDER, PLACEHOLDER_MARK, PLACEHOLDER_MESSAGE
 from runner.errors import InputError, UsageError
+from runner.logsetup import clean
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 PREFIX_MAX = 32  # the schema's lora_prefix: [A-Za-z0-9][A-Za-z0-9_]{0,31}
 NAME_MAX = 100
-KONTEXT_PROMPT = "describe the edit that turns each start image into its end image"
+SKIPPED_SHOWN = 5  # per job; then "and N more"
+# A placeholder ``runner validate`` refuses (checks.is_placeholder_prompt) until it is edited.
+KONTEXT_PROMPT = f"{PLACEHOLDER_MARK} {OLD_PLACEHOLDER}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Found:
 
     folder: Path
     kontext: bool
+    # What the job will not read: sub-folders ("more/") and files that are not images.
+    skipped: tuple[str, ...] = ()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +56,18 @@ def run(args: argparse.Namespace) -> int:
     _write_checked(out, text)
     kontext = sum(f.kontext for f in found)
     print(f"wrote {out} ({len(found)} job{'s' if len(found) != 1 else ''})", file=sys.stderr)
+    base = Path(os.path.abspath(out)).parent
+    for item, name in zip(found, job_names(found), strict=True):
+        if item.skipped:
+            where = _relative(item.folder, base)
+            shown = ", ".join(clean(f"{where}/{s}") for s in item.skipped[:SKIPPED_SHOWN])
+            more = len(item.skipped) - SKIPPED_SHOWN
+            shown += f" and {more} more" if more > 0 else ""
+            print(f"note: {clean(name)}: skipped {shown}", file=sys.stderr)
     if kontext:
         print(
-            f"note: edit the prompt of the {kontext} FluxKontextFinetune job(s) before applying",
+            f"note: edit the prompt of the {kontext} FluxKontextFinetune job(s) before applying "
+            f"(the {PLACEHOLDER_MARK} placeholder fails validate until then)",
             file=sys.stderr,
         )
     print(f"next: runner validate {out} && runner plan {out}", file=sys.stderr)
@@ -74,11 +89,32 @@ def _is_kontext(folder: Path) -> bool:
     return _has_images(folder / "start") and _has_images(folder / "end")
 
 
+def _skipped(folder: Path, keep: frozenset[str] = frozenset()) -> list[str]:
+    """What a job reading ``folder`` leaves out, relative to it: sub-folders (not read:
+    folders are not recursive) and files that are not images; hidden ones not mentioned."""
+    out: list[str] = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name in keep:
+            continue
+        if entry.is_dir():
+            out.append(f"{entry.name}/ (sub-folders are not read)")
+        elif not _is_image(entry):
+            out.append(f"{entry.name} (not an image)")
+    return out
+
+
 def _as_job(folder: Path) -> Found | None:
     if _is_kontext(folder):
-        return Found(folder, kontext=True)
+        skipped = _skipped(folder, frozenset({"start", "end"}))
+        for side in ("start", "end"):
+            skipped += [f"{side}/{s}" for s in _skipped(folder / side)]
+        return Found(folder, kontext=True, skipped=tuple(skipped))
     if _has_images(folder):
-        return Found(folder, kontext=False)
+        return Found(folder, kontext=False, skipped=tuple(_skipped(folder)))
     return None
 
 
@@ -145,10 +181,15 @@ def _quote(value: str) -> str:
     return value if plain else json.dumps(value, ensure_ascii=False)
 
 
+def job_names(found: list[Found]) -> list[str]:
+    """The job names render_manifest gives ``found``, in order."""
+    names: set[str] = set()
+    return [_unique(job_name(item.folder.resolve().name), names, NAME_MAX, "-") for item in found]
+
+
 def render_manifest(found: list[Found], out: Path) -> str:
     """The manifest text: commented so a newcomer can read what each part means."""
     base = Path(os.path.abspath(out)).parent
-    names: set[str] = set()
     prefixes: set[str] = set()
     lines = [
         "# Scaffolded by `runner init`; edit freely, then: runner validate / plan / apply.",
@@ -169,15 +210,14 @@ def render_manifest(found: list[Found], out: Path) -> str:
         "",
         "jobs:",
     ]
-    for item in found:
+    for item, name in zip(found, job_names(found), strict=True):
         rel = _relative(item.folder, base)
-        name = _unique(job_name(item.folder.resolve().name), names, NAME_MAX, "-")
         prefix = _unique(lora_prefix(item.folder.resolve().name), prefixes, PREFIX_MAX, "_")
         lines.append(f"  - name: {_quote(name)}")
         lines.append(f"    lora_prefix: {prefix}")
         if item.kontext:
             lines.append("    option: FluxKontextFinetune")
-            lines.append(f"    prompt: {_quote(KONTEXT_PROMPT)}  # TODO: the edit these pairs teach")
+            lines.append(f"    prompt: {_quote(KONTEXT_PROMPT)}  # validate fails until you write the edit")
             lines.append("    pairs:                   # start/X pairs with end/X (same name, any extension)")
             lines.append(f"      start_dir: {_quote(rel + '/start')}")
             lines.append(f"      end_dir: {_quote(rel + '/end')}")
@@ -211,8 +251,9 @@ def _write_checked(out: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         manifest, diags = load_manifest(tmp, environ={})
-        errors = [d for d in diags if d.severity == "error"]
-        if manifest is None or errors:
+        # The placeholder prompt is meant to fail validate until edited, not to stop init.
+        errors = [d for d in diags if d.severity == "error" and d.message != PLACEHOLDER_MESSAGE]
+        if errors or (manifest is None and not any(d.severity == "error" for d in diags)):
             # Folder contents the scaffold cannot express (e.g. a start/ without its end/):
             # say so at the file the user will edit, and write nothing.
             raise InputError([dataclasses.replace(d, file=f"{out} (not written)") for d in errors])
