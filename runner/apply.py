@@ -13,9 +13,10 @@ the next plan treats the same way.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -43,6 +44,32 @@ log = logsetup.get_logger("runner.apply")
 
 INTERRUPT_GRACE = 10.0  # seconds an in-flight upload may finish after Ctrl-C
 MAX_UNREADABLE = 5  # unreadable status answers in a row before a job is no longer followed
+# A log line at least this often while trainings run, so a CI log is never silent for long
+# (DESIGN section 2). RUNNER_HEARTBEAT_SECONDS shortens it, for tests.
+HEARTBEAT_SECONDS = 60.0
+# Lock statuses of a job the service may still be training (and charging for).
+ON_SERVICE = ("training", "submitting", "uncertain")
+
+
+def heartbeat_seconds() -> float:
+    value = os.environ.get("RUNNER_HEARTBEAT_SECONDS")
+    try:
+        seconds = float(value) if value else HEARTBEAT_SECONDS
+    except ValueError:
+        seconds = HEARTBEAT_SECONDS
+    return seconds if seconds > 0 else HEARTBEAT_SECONDS
+
+
+def elapsed_text(seconds: float) -> str:
+    """``42s``, ``12m03s``, ``1h05m``: a job's running time as a person reads it."""
+    seconds = int(max(0.0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def utcnow() -> str:
@@ -72,6 +99,26 @@ class Reporter(Protocol):
 
     def started(self, total: int) -> None: ...
 
+    def heartbeat(self, beat: Heartbeat) -> None: ...
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Where a run stands: jobs holding a slot (uploading or training), waiting for one,
+    finished; and the job running longest with its elapsed seconds."""
+
+    running: int
+    queued: int
+    done: int
+    longest: str | None = None
+    longest_seconds: float = 0.0
+
+    def text(self) -> str:
+        line = f"still running: {self.running} running, {self.queued} queued, {self.done} done"
+        if self.longest is not None:
+            line += f"; longest: {self.longest} ({elapsed_text(self.longest_seconds)})"
+        return line
+
 
 class LogReporter:
     """One structlog event per state change, with the job's name (JSON lines in CI)."""
@@ -89,6 +136,13 @@ class LogReporter:
         level = log.warning if status in ("failed", "uncertain") else log.info
         level("job." + status, **fields)
 
+    def heartbeat(self, beat: Heartbeat) -> None:
+        fields: dict[str, Any] = {"running": beat.running, "queued": beat.queued, "done": beat.done}
+        if beat.longest is not None:
+            fields.update(longest=beat.longest, longest_elapsed=elapsed_text(beat.longest_seconds),
+                          longest_seconds=round(beat.longest_seconds, 1))
+        log.info("apply.heartbeat", **fields)
+
 
 @dataclass
 class ApplyResult:
@@ -97,6 +151,13 @@ class ApplyResult:
     interrupted: bool = False
     fatal: str | None = None
     pruned: list[str] = field(default_factory=list)
+    # At the end: targeted jobs the service may still be training (paid; they keep running).
+    on_service: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether this run did anything beyond confirming jobs already done."""
+        return bool(self.pruned) or any(o.action != "noop" for o in self.outcomes)
 
     @property
     def exit_code(self) -> int:
@@ -146,6 +207,10 @@ class Applier:
         self._last_flush = clock()
         self._flush_interval = options.flush_interval
         self.training_times = TrainingTimes()
+        self.heartbeat_every = heartbeat_seconds()
+        self._queued: set[str] = set()
+        self._running: dict[str, float] = {}  # job -> clock() when it took its slot
+        self._done = 0
 
     @property
     def client(self) -> ApiClient:
@@ -206,6 +271,17 @@ class Applier:
         self.reporter.started(len(work))
         if not work:
             return self.result
+        try:
+            return await self._run_work(work)
+        finally:
+            self.result.on_service = sorted(
+                c.name for c in work
+                if (e := self.session.state.entries.get(c.name)) is not None and e.status in ON_SERVICE
+            )
+
+    async def _run_work(self, work: list[Change]) -> ApplyResult:
+        plan = self.plan
+        self._queued = {c.name for c in work}
         blocked = plan.with_action("blocked")
         submits = plan.with_action("create", "replace", "retry")
         try:
@@ -233,6 +309,7 @@ class Applier:
         async with anyio.create_task_group() as tg:
             self._scope = tg.cancel_scope
             tg.start_soon(self._watch_signals, tg.cancel_scope)
+            tg.start_soon(self._heartbeat)
             async with anyio.create_task_group() as jobs:
                 # Resumed trainings first: they already hold a slot at the API.
                 for change in plan.with_action("resume"):
@@ -255,10 +332,37 @@ class Applier:
                             "had no trigger word we could read; the answer is kept in the lockfile. "
                             "--resubmit-uncertain trains it again (charged again)"
                         )
+                        self._queued.discard(change.name)
+                        self._done += 1
                         self.reporter.job_changed(change.name, "blocked", change.entry, message)
                         self._outcome(change, "uncertain", change.entry, message)
-            tg.cancel_scope.cancel()  # stop the signal watcher
+            tg.cancel_scope.cancel()  # stop the signal watcher and the heartbeat
         return self.result
+
+    def beat(self) -> Heartbeat:
+        now = self.clock()
+        longest = min(self._running.items(), key=lambda item: (item[1], item[0]), default=None)
+        return Heartbeat(
+            running=len(self._running), queued=len(self._queued), done=self._done,
+            longest=longest[0] if longest else None,
+            longest_seconds=now - longest[1] if longest else 0.0,
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat_every)
+            self.reporter.heartbeat(self.beat())
+
+    @contextlib.contextmanager
+    def _slot(self, name: str) -> Iterator[None]:
+        """The job holds a slot (``in_flight``): running, for the heartbeat, until it ends."""
+        self._queued.discard(name)
+        self._running[name] = self.clock()
+        try:
+            yield
+        finally:
+            self._running.pop(name, None)
+            self._done += 1
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         # Leaving the receiver resets the signals to their defaults (asyncio's
@@ -270,7 +374,9 @@ class Applier:
         finally:
             for sig, handler in previous.items():
                 if handler is not None:
-                    signal.signal(sig, handler)
+                    # Once interrupted, another Ctrl-C while the lockfile is saved says so and
+                    # lets the save finish (a third one is the CLI's own: exit 130).
+                    signal.signal(sig, _Stopping(handler) if self.result.interrupted else handler)
 
     async def _receive_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -303,15 +409,20 @@ class Applier:
     async def _submit_job_inner(self, change: Change, replay: bool) -> None:
         async with self.in_flight:
             if self.stop_submitting:
+                self._queued.discard(change.name)
                 self._outcome(change, "skipped", change.entry, "not submitted")
                 return
-            entry = await self._submit(change, replay)
-            if entry is None or entry.status != "training":
-                return
-            if self.options.no_wait:
-                self._outcome(change, "training", entry, "not waited for (--no-wait)")
-                return
-            await self._follow(change, entry, just_submitted=True)
+            with self._slot(change.name):
+                await self._submit_and_follow(change, replay)
+
+    async def _submit_and_follow(self, change: Change, replay: bool) -> None:
+        entry = await self._submit(change, replay)
+        if entry is None or entry.status != "training":
+            return
+        if self.options.no_wait:
+            self._outcome(change, "training", entry, "not waited for (--no-wait)")
+            return
+        await self._follow(change, entry, just_submitted=True)
 
     async def _follow_job(self, change: Change) -> None:
         with contextlib.suppress(_Unrecordable):
@@ -320,10 +431,12 @@ class Applier:
     async def _follow_job_inner(self, change: Change) -> None:
         assert change.entry is not None
         if self.options.no_wait:
+            self._queued.discard(change.name)
             self._outcome(change, "training", change.entry, "not waited for (--no-wait)")
             return
         async with self.in_flight:
-            await self._follow(change, change.entry)
+            with self._slot(change.name):
+                await self._follow(change, change.entry)
 
     async def _submit(self, change: Change, replay: bool) -> LockEntry | None:
         fp = change.job
@@ -511,6 +624,17 @@ class Applier:
                 if unreadable:
                     delay = base  # five quick looks, not five back-offs, before giving up
                 await anyio.sleep(min(delay, remaining))
+
+
+class _Stopping:
+    """The handler of a signal that arrives while an interrupted apply saves its lockfile."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        log.warning("interrupted again: still saving the lockfile; what is still training follows")
+        signal.signal(signum, self.previous)
 
 
 def _lost_answer(entry: LockEntry | None) -> bool:

@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", metavar="URL", help="override api.endpoint")
     p.add_argument("--max-submissions", type=int, metavar="N", help="refuse plans starting more trainings")
     p.add_argument(
+        "--auto-approve", action="store_true",
+        help="do not ask 'yes' on a terminal before starting paid trainings (CI never asks)",
+    )
+    p.add_argument(
         "--allow-trust-change", action="store_true",
         help="send the key although the endpoint or api_key_env differs from the lockfile's (after review)",
     )

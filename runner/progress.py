@@ -1,5 +1,7 @@
 """The live terminal view of an apply (rich): a progress bar, a line per running job, and a
 final summary table. Used only on a terminal; CI gets one JSON log line per state change.
+The live view is on stderr (it is progress, like logs); the summary table is the command's
+result, on stdout.
 
 Job names, trigger words and messages come from outside (the lockfile, the API): they reach
 rich only as ``Text`` (never markup, so ``[link=...]`` in an error message stays text) and
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.apply import ApplyResult, LogReporter
+from runner.apply import ApplyResult, Heartbeat, LogReporter
 from runner.lockfile import LockEntry
 from runner.logsetup import safe
 
@@ -25,6 +27,7 @@ class RichReporter:
         self.total = 0
         self._live: Any = None
         self._log = LogReporter()
+        self._beat: Heartbeat | None = None
 
     def __enter__(self) -> RichReporter:
         from rich.live import Live
@@ -51,6 +54,10 @@ class RichReporter:
             self.console.print(Text.assemble((safe(name), "red"), f": {status}: ", safe(message)))
         self._update()
 
+    def heartbeat(self, beat: Heartbeat) -> None:
+        self._beat = beat
+        self._update()
+
     def _update(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
@@ -64,6 +71,8 @@ class RichReporter:
         done = sum(1 for _a, s, _t, _m in self.jobs.values() if s in ("succeeded", "failed", "skipped"))
         bar = ProgressBar(total=max(self.total, 1), completed=done, width=40)
         head = Text(f" {done}/{self.total} jobs finished")
+        if self._beat is not None:
+            head.append(f" · {safe(self._beat.text())}")
         table = Table(box=None, show_header=False, padding=(0, 1))
         running = [(n, v) for n, v in sorted(self.jobs.items()) if v[1] in ACTIVE]
         for name, (action, status, word, _m) in running[:20]:
@@ -73,29 +82,31 @@ class RichReporter:
         return Group(Group(bar, head), table)
 
 
-def print_summary_table(result: ApplyResult) -> None:
+def print_summary_table(result: ApplyResult, lockfile: str | None = None, command: str | None = None) -> None:
+    """The result of an apply on a terminal (stdout): the headline, a table of the jobs the
+    run touched (none for a no-op), the lockfile's path and the reminder to commit it."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(stderr=True)
-    table = Table(title="apply", show_lines=False)
-    for col in ("job", "action", "status", "trigger word", "detail"):
-        table.add_column(col)
+    from runner.render import apply_headline, apply_rows, lockfile_line, resume_lines
+
+    console = Console()
     styles = {"succeeded": "green", "failed": "red", "uncertain": "yellow", "training": "cyan"}
-    for o in sorted(result.outcomes, key=lambda o: o.name):
-        if o.action == "noop":
-            continue
-        style = styles.get(o.status, "")
-        detail = o.message if o.status != "succeeded" and o.message else ""
-        table.add_row(
-            Text(safe(o.name)), o.action, Text(o.status, style=style),
-            Text(safe(o.trigger_word or "-")), Text(safe(detail or "")),
-        )
-    for name in result.pruned:
-        table.add_row(Text(safe(name)), "orphan", "pruned", "-", "")
-    counts: dict[str, int] = {}
-    for o in result.outcomes:
-        counts[o.status] = counts.get(o.status, 0) + 1
-    table.caption = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(table)
+    rows = apply_rows(result)
+    if rows:
+        table = Table(title="apply", show_lines=False)
+        for col in ("job", "action", "status", "trigger word", "detail"):
+            table.add_column(col)
+        for name, action, status, word, detail in rows:
+            table.add_row(
+                Text(safe(name)), action, Text(status, style=styles.get(status, "")),
+                Text(safe(word)), Text(safe(detail)),
+            )
+        console.print(table)
+    console.print(Text(safe(apply_headline(result))))
+    if lockfile is not None:
+        console.print(Text(safe(lockfile_line(result, lockfile))))
+        if command is not None and (result.interrupted or result.on_service):
+            for line in resume_lines(result, lockfile, command):
+                console.print(Text(safe(line)))

