@@ -27,6 +27,7 @@ from helpers import REPO_ROOT
 
 GITHUB = REPO_ROOT / "examples" / "ci" / "github-actions.yml"
 GITLAB = REPO_ROOT / "examples" / "ci" / "gitlab-ci.yml"
+ACTION = REPO_ROOT / "action.yml"
 SCHEMA = REPO_ROOT / "schemas" / "manifest.schema.json"
 # Beside the interpreter: where `pip install -e '.[test]'` puts console scripts in a venv.
 BIN = str(Path(sys.executable).parent)
@@ -92,7 +93,7 @@ def test_actionlint_catches_a_broken_copy(tmp_path: Path) -> None:
     actionlint = _actionlint()
     text = GITHUB.read_text(encoding="utf-8")
     broken = text.replace("${{ matrix.manifest }}", "${{ matrix.manifesto }}", 1).replace(
-        'runner apply "$MANIFEST"', "runner apply $MANIFEST_UNQUOTED[0]", 1
+        "runner report 'manifests/*.yaml'", "runner report $MANIFEST_UNQUOTED[0]", 1
     )
     assert broken != text
     path = tmp_path / ".github" / "workflows" / "runner.yml"
@@ -106,25 +107,40 @@ def test_actionlint_catches_a_broken_copy(tmp_path: Path) -> None:
 
 
 def test_github_recipe_does_what_the_readme_says() -> None:
-    """PR: validate + markdown plan comment + detailed exit code; main: matrix apply, always-commit."""
+    """PR: the action's plan (validate + markdown plan comment + detailed exit code, in the
+    action); main: matrix apply through the action, lockfiles committed always, one
+    concurrency group per manifest."""
     doc = _yaml(GITHUB)
     on = doc[True] if True in doc else doc["on"]  # PyYAML reads the key `on` as a boolean
     assert set(on) == {"pull_request", "push"} and on["push"]["branches"] == ["main"]
-    plan_steps = " ".join(str(s.get("run", "")) for s in doc["jobs"]["plan"]["steps"])
-    assert "runner validate" in plan_steps
-    assert "--format markdown" in plan_steps and "--detailed-exitcode" in plan_steps
-    assert "gh pr comment" in plan_steps
+
+    def action_step(job: str) -> dict[str, Any]:
+        return next(s for s in doc["jobs"][job]["steps"] if str(s.get("uses", "")).startswith("vimmerse/runner@"))
+
+    plan = action_step("plan")
+    assert plan["with"]["command"] == "plan" and plan["with"]["manifests"] == "manifests/*.yaml"
+    assert doc["jobs"]["plan"]["permissions"] == {"contents": "read", "pull-requests": "write"}
+    # What the action's plan does (the README's promise for the recipe).
+    action_text = ACTION.read_text(encoding="utf-8")
+    for needle in ("runner validate", "--format markdown", "--detailed-exitcode", "gh pr comment"):
+        assert needle in action_text, needle
     apply = doc["jobs"]["apply"]
     assert "matrix.manifest" in apply["concurrency"]["group"]
     assert apply["concurrency"]["cancel-in-progress"] is False
     assert "fromJSON" in str(apply["strategy"]["matrix"]["manifest"])
-    steps = apply["steps"]
-    run_apply = next(s for s in steps if "runner apply" in str(s.get("run", "")))
-    assert run_apply["env"]["VIMMERSE_API_KEY"] == "${{ secrets.VIMMERSE_API_KEY }}"
-    commit = next(s for s in steps if "git commit" in str(s.get("run", "")))
-    assert commit["if"] == "always()"
-    assert steps.index(commit) > steps.index(run_apply)
+    assert apply["permissions"] == {"contents": "write"}
+    step = action_step("apply")
+    assert step["with"]["command"] == "apply" and step["with"]["manifests"] == "${{ matrix.manifest }}"
+    assert step["with"]["commit-lockfiles"] is True and step["with"]["commit-mode"] == "push"
+    assert step["env"]["VIMMERSE_API_KEY"] == "${{ secrets.VIMMERSE_API_KEY }}"
+    checkouts = [s for job in ("plan", "apply") for s in doc["jobs"][job]["steps"]
+                 if str(s.get("uses", "")).startswith("actions/checkout@")]
+    assert checkouts and all(s["with"]["lfs"] is True for s in checkouts)
+    # The action's commit step runs always and commits a journal too.
+    commit = _action_step("Commit the lockfiles")
+    assert commit["if"].startswith("always()")
     assert "runner status" in commit["run"] and ".lock.journal" in commit["run"]
+    assert "git pull -q --rebase" in commit["run"]
 
 
 def test_github_plan_job_gets_no_api_key() -> None:
@@ -232,8 +248,6 @@ def test_quickstart_names_the_schema_for_editors() -> None:
 
 
 # -- the GitHub Action (action.yml) -----------------------------------------------------------
-
-ACTION = REPO_ROOT / "action.yml"
 
 
 def _action_step(name_start: str) -> dict[str, Any]:
