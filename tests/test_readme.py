@@ -75,11 +75,15 @@ def test_troubleshooting_covers_the_errors_a_user_can_hit() -> None:
 
 
 def test_ci_recipes_and_changelog_sections_exist() -> None:
-    """The CI recipes section links both recipe files, and the changelog has an Unreleased entry."""
+    """The CI recipes section links both recipe files; the changelog (CHANGELOG.md, Keep a
+    Changelog form, linked from the README) has an Unreleased section."""
     recipes = _section("CI recipes")
     for path in ("examples/ci/github-actions.yml", "examples/ci/gitlab-ci.yml"):
         assert f"({path})" in recipes and (REPO_ROOT / path).is_file()
-    assert "### Unreleased" in README.read_text(encoding="utf-8")
+    assert "](CHANGELOG.md)" in README.read_text(encoding="utf-8")
+    changelog = (REPO_ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert changelog.startswith("# Changelog\n") and "keepachangelog.com" in changelog
+    assert re.search(r"^## \[Unreleased\]\n\n### (Added|Changed|Security|Fixed)\n- ", changelog, re.M)
 
 
 def _walkthrough_commands() -> list[str]:
