@@ -12,9 +12,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from runner import __version__
-from runner.errors import EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, RunnerError
+from runner.errors import EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, RunnerError, UsageError
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -52,6 +53,55 @@ def _target_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_MANIFEST = "runner.yaml"  # what ``runner init`` writes; read when no MANIFEST is named
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    examples: str,
+    parents: list[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` starts with ``summary`` and ends with ``examples``."""
+    return sub.add_parser(
+        name,
+        parents=parents,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _manifests_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "manifests", nargs="*", metavar="MANIFEST",
+        help=f"manifest files or globs (default: {DEFAULT_MANIFEST} in the current folder)",
+    )
+
+
+def _format_opt(p: argparse.ArgumentParser, choices: list[str], what: str) -> None:
+    p.add_argument(
+        "--format", choices=choices, default="text",
+        help=f"{what} (default: text)",
+    )
+
+
+def fill_default_manifest(args: argparse.Namespace) -> None:
+    """No MANIFEST named: ``runner.yaml`` here (what ``runner init`` writes), or a clear error."""
+    if getattr(args, "manifests", None) == [] or (args.command == "output" and args.manifest is None):
+        if not Path(DEFAULT_MANIFEST).is_file():
+            raise UsageError(
+                f"no MANIFEST named and no {DEFAULT_MANIFEST} in {Path.cwd()}: name one "
+                f"(runner {args.command} path/to/manifest.yaml) or write one with runner init DIR"
+            )
+        if args.command == "output":
+            args.manifest = DEFAULT_MANIFEST
+        else:
+            args.manifests = [DEFAULT_MANIFEST]
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
@@ -59,22 +109,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner",
         description="Turn committed YAML manifests into trained LoRA models, the way terraform applies.",
+        epilog=(
+            "examples:\n"
+            "  runner init my-loras -o my-loras/runner.yaml\n"
+            "  runner validate my-loras/runner.yaml\n"
+            "  runner plan my-loras/runner.yaml\n"
+            "  runner apply my-loras/runner.yaml\n"
+            "\n"
+            "Where a command takes MANIFEST and none is named, it reads runner.yaml here.\n"
+            "Run 'runner COMMAND --help' for a command's options."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("validate", parents=[common], help="schema + semantic checks; nothing is sent")
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p = _command(
+        sub, "validate", "schema + semantic checks of manifests; nothing is sent",
+        """
+runner validate runner.yaml
+runner validate --strict --format json 'catalog/*.yaml'
+""", [common],
+    )
+    _manifests_arg(p)
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    _format_opt(p, ["text", "json"], "text: FILE:LINE:COL lines; json: one document for tools")
     _links_opt(p)
 
-    p = sub.add_parser("plan", parents=[common], help="show what apply would do")
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p = _command(
+        sub, "plan", "show what apply would do, against the lockfile; nothing is submitted",
+        """
+runner plan runner.yaml
+runner plan --format markdown runner.yaml > plan.md    # a pull-request comment
+runner plan --detailed-exitcode runner.yaml            # exit 2 when there are changes
+""", [common],
+    )
+    _manifests_arg(p)
     _lockfile_opt(p)
     _target_opt(p)
-    p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    _format_opt(p, ["text", "json", "markdown"], "json: schemas/plan.schema.json; markdown: a table for a PR comment")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     p.add_argument("--refresh", action="store_true", help="ask the API about jobs still training")
     p.add_argument(
@@ -82,8 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _links_opt(p)
 
-    p = sub.add_parser("apply", parents=[common], help="submit, follow and record the jobs")
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p = _command(
+        sub, "apply", "submit, follow and record the jobs in the lockfile",
+        """
+runner apply runner.yaml
+runner apply --target red-sneaker --no-wait runner.yaml
+runner apply --prune runner.yaml                       # also drop orphaned lock entries
+""", [common],
+    )
+    _manifests_arg(p)
     _lockfile_opt(p)
     _target_opt(p)
     p.add_argument("--parallelism", type=int, metavar="N", help="override api.max_in_flight")
@@ -106,19 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _links_opt(p)
 
-    p = sub.add_parser("status", parents=[common], help="show the lockfile's jobs")
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    p = _command(
+        sub, "status", "show the lockfile's jobs: status, trigger word, images",
+        """
+runner status runner.yaml
+runner status --refresh --format json runner.yaml
+""", [common],
+    )
+    _manifests_arg(p)
     _lockfile_opt(p)
     p.add_argument("--refresh", action="store_true", help="ask the API about jobs still training")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    _format_opt(p, ["text", "json"], "text: a table; json: the rows for tools")
     _links_opt(p)
 
-    p = sub.add_parser(
-        "doctor", parents=[common], help="free checks of endpoint, key and API; trains nothing"
+    p = _command(
+        sub, "doctor", "free checks of endpoint, key and API; trains nothing",
+        """
+runner doctor runner.yaml
+runner doctor --endpoint https://api.vimmerse.net --format json
+""", [common],
     )
     p.add_argument("manifest", nargs="?", metavar="MANIFEST", help="default: runner.yaml here")
     p.add_argument("--endpoint", metavar="URL", help="override api.endpoint")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    _format_opt(p, ["text", "json"], "text: one line per check; json: the checks for tools")
     p.add_argument(
         "--allow-trust-change", action="store_true",
         help="send the key to an endpoint or from a variable the lockfile's entries were not made with",
@@ -128,20 +219,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
     )
 
-    p = sub.add_parser("init", parents=[common], help="scaffold a manifest from folders of images")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("-o", "--output", metavar="MANIFEST", default="runner.yaml")
+    p = _command(
+        sub, "init", "scaffold a manifest from folders of images",
+        """
+runner init my-loras -o my-loras/runner.yaml           # one job per sub-folder
+runner init datasets/sneaker datasets/mug              # each folder one job
+""", [common],
+    )
+    p.add_argument(
+        "dirs", nargs="+", metavar="DIR",
+        help="a folder of images (or with start/ and end/: Kontext), or a folder of such folders",
+    )
+    p.add_argument(
+        "-o", "--output", metavar="MANIFEST", default="runner.yaml",
+        help="the manifest to write (default: runner.yaml); image paths are relative to it",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
 
-    p = sub.add_parser("output", parents=[common], help="trigger words for downstream use")
-    p.add_argument("manifest", metavar="MANIFEST")
-    p.add_argument("name", nargs="?", metavar="NAME")
+    p = _command(
+        sub, "output", "trigger words for downstream use",
+        """
+runner output runner.yaml red-sneaker                  # one word, for scripts
+runner output --format env runner.yaml >> "$GITHUB_ENV"
+""", [common],
+    )
+    p.add_argument(
+        "manifest", nargs="?", metavar="MANIFEST", help=f"the manifest (default: {DEFAULT_MANIFEST} here)"
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="only this job's trigger word, alone on a line")
     _lockfile_opt(p)
-    p.add_argument("--format", choices=["text", "json", "env"], default="text")
+    _format_opt(p, ["text", "json", "env"], "text: name and word; json: a document; env: NAME=word lines")
 
-    p = sub.add_parser("report", parents=[common], help="self-contained HTML gallery of results")
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST")
-    p.add_argument("-o", "--output", metavar="FILE", required=True)
+    p = _command(
+        sub, "report", "a self-contained HTML gallery of the results",
+        """
+runner report runner.yaml -o report.html
+runner report 'catalog/*.yaml' -o catalog.html --image-size 768
+""", [common],
+    )
+    _manifests_arg(p)
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the HTML file to write")
     p.add_argument(
         "--image-size", type=int, default=512, metavar="PX", help="longest side of embedded samples"
     )
@@ -159,26 +276,68 @@ def build_parser() -> argparse.ArgumentParser:
         help="also fetch https samples from HOST (or *.DOMAIN); repeatable",
     )
 
-    p = sub.add_parser("schema", parents=[common], help="print a JSON Schema")
-    p.add_argument("which", nargs="?", choices=["manifest", "lockfile", "plan"], default="manifest")
+    p = _command(
+        sub, "schema", "print a JSON Schema (for editors and CI)",
+        """
+runner schema manifest > manifest.schema.json
+runner schema plan
+""", [common],
+    )
+    p.add_argument(
+        "which", nargs="?", choices=["manifest", "lockfile", "plan"], default="manifest",
+        help="which document's schema (default: manifest)",
+    )
 
-    p = sub.add_parser("sandbox", parents=[common], help="the local stand-in for the finetune API")
+    p = _command(
+        sub, "sandbox", "the local stand-in for the finetune API",
+        """
+runner sandbox serve --port 0
+""", [common],
+    )
     sandbox_sub = p.add_subparsers(dest="sandbox_command", metavar="SUBCOMMAND", required=True)
-    s = sandbox_sub.add_parser("serve", parents=[common], help="run the sandbox HTTP server")
+    s = _command(
+        sandbox_sub, "serve", "run the sandbox HTTP server",
+        """
+runner sandbox serve --port 8000 --train-seconds 2
+runner sandbox serve --host 0.0.0.0 --api-key secret --fault-rate 0.1 --fault-kinds 503,drop
+""", [common],
+    )
     s.add_argument(
         "--host", default="127.0.0.1",
         help="beyond loopback (e.g. 0.0.0.0) needs --api-key; webhooks then never reach loopback",
     )
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
-    s.add_argument("--state-dir", default=".runner/sandbox", metavar="D")
-    s.add_argument("--train-seconds", type=float, default=5.0, metavar="S")
-    s.add_argument("--credits", type=int, default=None, metavar="N")
+    s.add_argument(
+        "--state-dir", default=".runner/sandbox", metavar="D",
+        help="where jobs and uploads are kept (default: .runner/sandbox)",
+    )
+    s.add_argument(
+        "--train-seconds", type=float, default=5.0, metavar="S", help="how long a training takes (default 5)"
+    )
+    s.add_argument(
+        "--credits", type=int, default=None, metavar="N",
+        help="trainings to allow before answering 402 (default: unlimited)",
+    )
     s.add_argument("--rate-limit", type=float, default=None, metavar="R", help="requests/s per key")
-    s.add_argument("--fault-rate", type=float, default=0.0, metavar="F")
-    s.add_argument("--fault-delay", type=float, default=1.0, metavar="S")
-    s.add_argument("--api-key", action="append", default=[], metavar="K")
-    s.add_argument("--allow-external-webhooks", action="store_true")
-    s.add_argument("--max-upload-mb", type=float, default=100.0, metavar="MB")
+    s.add_argument(
+        "--fault-rate", type=float, default=0.0, metavar="F",
+        help="share of requests that get an injected fault, 0 to 1 (default 0)",
+    )
+    s.add_argument(
+        "--fault-delay", type=float, default=1.0, metavar="S", help="seconds a 'slow' fault waits (default 1)"
+    )
+    s.add_argument(
+        "--api-key", action="append", default=[], metavar="K",
+        help="accept only this key (repeatable; default: any key)",
+    )
+    s.add_argument(
+        "--allow-external-webhooks", action="store_true",
+        help="let webhook_url point beyond this machine",
+    )
+    s.add_argument(
+        "--max-upload-mb", type=float, default=100.0, metavar="MB",
+        help="refuse bigger requests with 413 (default 100)",
+    )
     s.add_argument(
         "--max-trainings-per-key", type=int, default=None, metavar="N",
         help="quota: trainings one key may start, then 402 (default: 1000 beyond loopback, else none)",
@@ -225,6 +384,10 @@ _MODULES = {
 }
 
 
+def _looks_like_manifest(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or any(ch in text for ch in "/*?[") or Path(text).is_file()
+
+
 def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -236,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: 2 for bad usage; the contract says 1
         code = exc.code if isinstance(exc.code, int) else EXIT_INPUT
         return EXIT_INPUT if code == 2 else code
+    if args.command == "output" and args.name is None and args.manifest and not _looks_like_manifest(args.manifest):
+        args.name, args.manifest = args.manifest, None  # runner output NAME: runner.yaml's job
 
     from runner import logsetup
 
@@ -246,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     links = ALLOW_OUTSIDE_LINKS.set(bool(getattr(args, "allow_outside_links", False)))
     try:
+        fill_default_manifest(args)
         module = importlib.import_module(_MODULES[args.command])
         return int(module.run(args))
     except RunnerError as exc:

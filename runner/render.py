@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from runner.endpoint import accepts, made_at
 from runner.lockfile import LockEntry
 from runner.logsetup import clean, clean_lines, guard, json_safe, safe
-from runner.plan import ACTIONS, Change, Plan
+from runner.plan import ACTIONS, Change, Plan, natural_key
 
 if TYPE_CHECKING:  # runner.apply brings httpx and anyio, which plan and status never use
     from runner.apply import ApplyResult
@@ -323,7 +323,7 @@ def status_rows(
     inferred for entries older than the field) and ``made_elsewhere``: true when ``api``,
     the target's identity, does not accept it (``endpoint.accepts``)."""
     rows = []
-    for name in sorted(names if names is not None else entries):
+    for name in sorted(names if names is not None else entries, key=natural_key):
         entry = entries.get(name)
         if entry is None:
             rows.append({"name": name, "status": "absent", "api": None, "made_elsewhere": False})

@@ -246,7 +246,7 @@ def _check_switched(capsys: pytest.CaptureFixture[str], manifest: Path) -> None:
     doc = json.loads(out)
     assert doc["api"] == LIVE
     assert [(r["name"], r["api"], r["made_elsewhere"]) for r in doc["jobs"]] == [
-        ("a10", "sandbox", True), ("a2", "sandbox", True), ("mug", "sandbox", True)
+        ("a2", "sandbox", True), ("a10", "sandbox", True), ("mug", "sandbox", True)
     ]
 
     for argv in ((), ("--format", "json"), ("--format", "env")):
