@@ -399,3 +399,47 @@ def test_action_commit_step_pushes_lockfile_and_journal(tmp_path: Path) -> None:
     files = git(bare, "ls-tree", "-r", "--name-only", "main").split()
     assert {"manifests/a.lock.yaml", "manifests/a.lock.journal", "other.txt"} <= set(files), files
     assert "runner: update lockfiles" in git(bare, "log", "-1", "--format=%s", "main")
+
+
+def test_action_commit_step_two_matrix_legs_at_once_both_land(tmp_path: Path) -> None:
+    """Two matrix legs (two manifests, two clones) run the action's commit script at the
+    same moment against one local bare repository: both lockfiles land on main (the loser
+    of the race rebases and retries)."""
+    def git(cwd: Path, *args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "init.defaultBranch=main", "-c", "user.name=t", "-c", "user.email=t@t.invalid",
+             "-c", "commit.gpgsign=false", *args],
+            cwd=cwd, check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    seed = tmp_path / "seed"
+    git(tmp_path, "clone", "-q", str(bare), str(seed))
+    (seed / "manifests").mkdir()
+    for name in ("a", "b"):
+        (seed / "manifests" / f"{name}.yaml").write_text("version: 1\njobs: []\n", encoding="utf-8")
+    git(seed, "add", ".")
+    git(seed, "commit", "-q", "-m", "seed")
+    git(seed, "push", "-q", "origin", "HEAD:main")
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "runner").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    (stub / "runner").chmod(0o755)
+    script = _action_step("Commit the lockfiles")["run"]
+    legs = []
+    for name in ("a", "b"):
+        work = tmp_path / f"leg-{name}"
+        git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(work))
+        (work / "manifests" / f"{name}.lock.yaml").write_text(f"version: 1\n# {name}\n", encoding="utf-8")
+        env = dict(os.environ, PATH=os.pathsep.join([str(stub), os.environ.get("PATH", "")]),
+                   MANIFESTS=f"manifests/{name}.yaml", MODE="push", BRANCH="main", GH_TOKEN="unused",
+                   GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="commit.gpgsign", GIT_CONFIG_VALUE_0="false")
+        legs.append(subprocess.Popen(["bash", "-c", script], cwd=work, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for leg in legs:
+        out, _ = leg.communicate(timeout=120)
+        assert leg.returncode == 0, out
+    files = set(git(bare, "ls-tree", "-r", "--name-only", "main").split())
+    assert {"manifests/a.lock.yaml", "manifests/b.lock.yaml"} <= files, files
+    assert git(bare, "log", "--format=%s", "main").count("runner: update lockfiles") == 2
