@@ -109,6 +109,10 @@ class Containment:
         self._real[text] = real
         return real
 
+    def known_inside(self, folder: str) -> None:
+        """``folder`` was found (by ``leaves``) to really be inside: remember it."""
+        self._inside[folder] = True
+
     def leaves(self, text: str, is_link: bool) -> str | None:
         """Where ``text`` (normalised, absolute) really is when that is outside the folder;
         None when it stays inside. ``is_link``: ``text`` itself is a symlink (lstat)."""
@@ -250,6 +254,8 @@ def resolve(
                 st = os.stat(path)
             except (OSError, ValueError):
                 st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            contain.known_inside(str(path))  # its files need no lstat of it again
     if st is not None and stat.S_ISDIR(st.st_mode):
         return list_folder(path)
     if st is not None and stats is not None:
@@ -523,6 +529,7 @@ def _find_problems_contained(
     do_lstat, do_stat, do_access, readable = os.lstat, os.stat, os.access, os.R_OK
     is_reg, is_link = stat.S_ISREG, stat.S_ISLNK
     known = stats if stats is not None else {}  # resolve's stats: checked there
+    inside_dir, sep = contain._inside.get, os.sep  # folders known to be inside (leaves fills it)
     for path in paths:
         text = str(path)
         st = known.get(text)
@@ -532,10 +539,12 @@ def _find_problems_contained(
             except OSError:
                 st = None
             link = st is not None and is_link(st.st_mode)
-            leads = contain.leaves(text, link)
-            if leads is not None:
-                outside[path] = leads
-                continue
+            # The usual case inline: not a link, in a folder already found to be inside.
+            if link or not inside_dir(text[: text.rfind(sep)]):
+                leads = contain.leaves(text, link)
+                if leads is not None:
+                    outside[path] = leads
+                    continue
             if link:
                 try:
                     st = do_stat(text)

@@ -310,8 +310,9 @@ def test_symlinked_runner_folder(tmp_path: Path, cache: Path, outside: Path, dan
 
 @pytest.mark.parametrize("inner", ["runner.lock.yaml.lock", "sandbox", "sandbox/sandbox.sqlite3"])
 def test_symlink_inside_runner_folder(tmp_path: Path, cache: Path, outside: Path, inner: str) -> None:
-    """A real ``.runner`` holding a symlinked lock file (filelock opened it with O_TRUNC:
-    the target was emptied), sandbox folder or sandbox database: apply refuses, untouched."""
+    """A real ``.runner`` holding a symlinked lock file (filelock 3.x opened it with
+    ``O_TRUNC``, emptying the target; runner now takes its own ``flock`` whatever filelock's
+    version), sandbox folder or sandbox database: apply refuses, the target untouched."""
     repo = make_repo(tmp_path)
     link = repo / ".runner" / inner
     link.parent.mkdir(parents=True)
