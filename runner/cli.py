@@ -218,6 +218,7 @@ runner doctor --endpoint https://api.vimmerse.net --format json
         "--trace-http", metavar="FILE",
         help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
     )
+    _links_opt(p)
 
     p = _command(
         sub, "init", "scaffold a manifest from folders of images",
@@ -235,6 +236,7 @@ runner init datasets/sneaker datasets/mug              # each folder one job
         help="the manifest to write (default: runner.yaml); image paths are relative to it",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
+    _links_opt(p)
 
     p = _command(
         sub, "output", "trigger words for downstream use",
