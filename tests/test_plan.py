@@ -253,3 +253,51 @@ def test_diff_and_prune_documents_match_the_schema() -> None:
     doc = plan_document(plan)
     assert doc["jobs"][1]["diff"] == {"num_iterations": {"old": 0, "new": 300}, "images": {"old": 1, "new": 2}}
     assert list(Draft202012Validator(load_schema("plan")).iter_errors(doc)) == []
+
+
+def _plan_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> bytes:
+    """``runner plan`` with its stdout on a pseudo-terminal; what the terminal received."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    main, child = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "plan", "manifest.yaml"], cwd=tmp_path, stdout=child,
+            stderr=subprocess.PIPE, env={**env, "PYTHONPATH": str(REPO_ROOT)}, timeout=60, check=True,
+        )
+        assert proc.returncode == 0
+        os.close(child)
+        child = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # Linux: EIO once the other side is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(main)
+        if child >= 0:
+            os.close(child)
+
+
+def test_plan_is_coloured_on_a_terminal_only(tmp_path: Path) -> None:
+    """Colour on a terminal; none with NO_COLOR, none when piped."""
+    import os
+
+    from helpers import run_runner, write_manifest
+
+    write_manifest(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    coloured = _plan_on_a_terminal(tmp_path, {**env, "TERM": "xterm"})
+    assert b"    \x1b[32m  +\x1b[0m demo" in coloured and b"\x1b[1mPlan: 1 create" in coloured
+    assert b"\x1b" not in _plan_on_a_terminal(tmp_path, {**env, "TERM": "xterm", "NO_COLOR": "1"})
+    piped = run_runner("plan", "manifest.yaml", cwd=tmp_path, env={**env, "TERM": "xterm"})
+    assert piped.returncode == 0 and "+ demo" in piped.stdout and "\x1b" not in piped.stdout
