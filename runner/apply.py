@@ -157,7 +157,7 @@ class ApplyResult:
     @property
     def changed(self) -> bool:
         """Whether this run did anything beyond confirming jobs already done."""
-        return bool(self.pruned) or any(o.action != "noop" for o in self.outcomes)
+        return bool(self.pruned or self.on_service) or any(o.action != "noop" for o in self.outcomes)
 
     @property
     def exit_code(self) -> int:
@@ -436,6 +436,8 @@ class Applier:
             return
         async with self.in_flight:
             with self._slot(change.name):
+                # Shown (a row on a terminal, a log line in CI) from the start, not only at its end.
+                self.reporter.job_changed(change.name, change.action, change.entry, None)
                 await self._follow(change, change.entry)
 
     async def _submit(self, change: Change, replay: bool) -> LockEntry | None:

@@ -9,9 +9,10 @@ through ``logsetup.safe`` (control characters escaped), like every other view.""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from runner.apply import ApplyResult, Heartbeat, LogReporter
+from runner.apply import ApplyResult, Heartbeat, LogReporter, elapsed_text
 from runner.lockfile import LockEntry
 from runner.logsetup import safe
 
@@ -28,6 +29,7 @@ class RichReporter:
         self._live: Any = None
         self._log = LogReporter()
         self._beat: Heartbeat | None = None
+        self.since: dict[str, float] = {}  # job -> when this run first saw it move
 
     def __enter__(self) -> RichReporter:
         from rich.live import Live
@@ -48,6 +50,7 @@ class RichReporter:
     def job_changed(self, name: str, action: str, entry: LockEntry | None, message: str | None) -> None:
         status = entry.status if entry else "skipped"
         self.jobs[name] = (action, status, entry.trigger_word if entry else None, message)
+        self.since.setdefault(name, time.monotonic())
         if status in ("failed", "uncertain") and message:
             from rich.text import Text
 
@@ -68,17 +71,22 @@ class RichReporter:
         from rich.table import Table
         from rich.text import Text
 
+        if self.total == 0:
+            return Text("")  # nothing to follow: no empty 0/0 bar
         done = sum(1 for _a, s, _t, _m in self.jobs.values() if s in ("succeeded", "failed", "skipped"))
-        bar = ProgressBar(total=max(self.total, 1), completed=done, width=40)
-        head = Text(f" {done}/{self.total} jobs finished")
-        if self._beat is not None:
-            head.append(f" · {safe(self._beat.text())}")
-        table = Table(box=None, show_header=False, padding=(0, 1))
         running = [(n, v) for n, v in sorted(self.jobs.items()) if v[1] in ACTIVE]
+        queued = max(0, self.total - done - len(running))
+        bar = ProgressBar(total=self.total, completed=done, width=40)
+        head = Text(f" {done}/{self.total} jobs finished · {len(running)} running · {queued} queued")
+        if self._beat is not None and self._beat.longest is not None:
+            head.append(f" · longest {safe(self._beat.longest)} {elapsed_text(self._beat.longest_seconds)}")
+        table = Table(box=None, show_header=False, padding=(0, 1))
+        now = time.monotonic()
         for name, (action, status, word, _m) in running[:20]:
-            table.add_row(Text(safe(name)), action, status, Text(safe(word or "")))
+            elapsed = elapsed_text(now - self.since.get(name, now))
+            table.add_row(Text(safe(name)), action, status, Text(safe(word or "")), elapsed)
         if len(running) > 20:
-            table.add_row(f"… and {len(running) - 20} more", "", "", "")
+            table.add_row(f"… and {len(running) - 20} more", "", "", "", "")
         return Group(Group(bar, head), table)
 
 

@@ -147,6 +147,7 @@ def test_ctrl_c_says_what_is_saved_still_training_and_how_to_resume(tmp_path: Pa
             assert notice[-1]["resume"] == "runner apply m.yaml"
             assert notice[-1]["still_training"] == ["job-000", "job-001"], out
             assert "Interrupted: every change so far is saved in m.lock.yaml." in out
+            assert "Lockfile: m.lock.yaml saved. Commit it" in out
             assert "Still training on the service (paid; they keep running): job-000, job-001" in out
             assert "Resume following them (nothing is submitted twice): runner apply m.yaml" in out
             resumed = runner("apply", manifest.name, cwd=folder)
