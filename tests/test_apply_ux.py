@@ -232,3 +232,24 @@ def test_auto_approve_and_embedded_sandbox_skip_the_question(tmp_path: Path) -> 
     code, screen = at_terminal(["apply", manifest.name], embedded)
     assert code == 0, screen
     assert "Do you want" not in screen and "Apply: 1 succeeded" in screen
+
+
+MARKUP = "[/] [bold red]boom[/bold [link=http://evil.example]x[/link] [red"
+
+
+def test_terminal_view_shows_a_failure_full_of_markup_as_text(tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 13, item 1, through the real terminal view: a server's failure message full of
+    rich markup is shown as text, in the live view and the summary; the apply does not crash."""
+    from runner.sandbox import dialects
+
+    monkeypatch.setattr(dialects, "_fail_message", lambda asset: MARKUP)
+    # Served in this process, so the patch applies; "args" answers a failure with its message.
+    with sandbox(tmp_path / "state", dialect="args") as url:
+        manifest = write_manifest(tmp_path, url, 1, extra_jobs=[
+            {"name": "bad", "lora_prefix": "FAILS", "images": "data/job000"},
+        ])
+        code, screen = at_terminal(["apply", manifest.name, "--auto-approve"], tmp_path)
+    assert code == 3, screen
+    assert "internal error" not in screen and "Traceback" not in screen and "MarkupError" not in screen
+    assert screen.count(MARKUP) >= 2, screen  # the live view's line and the summary's cell
+    assert "Apply: 1 failed, 1 succeeded" in screen
