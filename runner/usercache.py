@@ -86,7 +86,7 @@ def folder_for(folder: Path, *, create: bool = True) -> Path | None:
         return None
     else:
         with contextlib.suppress(OSError):
-            atomic_write_bytes(path / "folder", absolute.encode("utf-8", "surrogateescape") + b"\n")
+            atomic_write_bytes(path / "folder", absolute.encode("utf-8", "surrogateescape") + b"\n", fsync=False)
         _evict(base, keep=name)
     return path if _private_dir(path, follow=False) else None
 
