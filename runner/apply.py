@@ -592,6 +592,10 @@ class Applier:
                             return
                     else:
                         unreadable = 0
+                    if isinstance(status, wire.Status):
+                        # -v: every poll's answer (job and action are bound above).
+                        log.debug("job.poll", state=status.state, word=status.word,
+                                  progress=status.progress, elapsed=round(self.clock() - started, 1))
                     # status is None when job_timeout ran out mid-retry: reported below.
                     if isinstance(status, wire.Status) and status.state == "succeeded":
                         done = entry.evolve(

@@ -72,10 +72,19 @@ def test_json_logs_every_stderr_line_and_results_on_stdout(tmp_path: Path) -> No
             json_lines(shown.stderr)
             assert shown.stdout.strip()
 
+        # -v adds each poll's answer, still one JSON object a line.
+        write_manifest(tmp_path, url, 4)
+        verbose = runner("--log-format", "json", "-v", "apply", manifest.name, cwd=tmp_path)
+        assert verbose.code == 0, verbose.stderr
+        polls = [e for e in json_lines(verbose.stderr) if e["event"] == "job.poll"]
+        assert polls and {"job", "state", "elapsed"} <= set(polls[-1]), verbose.stderr
+        assert polls[-1]["job"] == "job-003" and polls[-1]["state"] == "succeeded"
+        assert "Apply: 1 succeeded, 3 unchanged" in verbose.stdout
+
         again = runner("--log-format", "json", "apply", manifest.name, cwd=tmp_path)
         assert again.code == 0, again.stderr
         json_lines(again.stderr)
-        assert "No changes: 3 jobs unchanged; nothing was sent." in again.stdout
+        assert "No changes: 4 jobs unchanged; nothing was sent." in again.stdout
         assert "succeeded" not in again.stdout
         assert "Lockfile: m.lock.yaml (unchanged)" in again.stdout
 
