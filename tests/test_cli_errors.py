@@ -21,6 +21,9 @@ def test_a_bug_exits_70_with_its_traceback_and_no_secret(
         raise RuntimeError(f"something broke near {secret}")
 
     monkeypatch.setattr(importlib, "import_module", lambda _name: SimpleNamespace(run=boom))
+    # Keep the process's logging as it is: configured onto capsys's stream, which closes
+    # after this test, it would break every later in-process log call.
+    monkeypatch.setattr(logsetup, "configure", lambda *_a, **_k: "console")
     code = cli.main(["validate", "whatever.yaml"])
     err = capsys.readouterr().err
     assert code == 70
