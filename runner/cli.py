@@ -47,6 +47,18 @@ def _links_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _contact_opts(p: argparse.ArgumentParser) -> None:
+    """The flags of the commands that send the key (apply, doctor)."""
+    p.add_argument(
+        "--allow-trust-change", action="store_true",
+        help="send the key although the endpoint or api_key_env differs from the lockfile's entries (after review)",
+    )
+    p.add_argument(
+        "--trace-http", metavar="FILE",
+        help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
+    )
+
+
 def _target_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target", action="append", default=[], metavar="NAME", help="limit to this job (repeatable)"
@@ -177,14 +189,7 @@ runner apply --prune runner.yaml                       # also drop orphaned lock
         "--auto-approve", action="store_true",
         help="do not ask 'yes' on a terminal before starting paid trainings (CI never asks)",
     )
-    p.add_argument(
-        "--allow-trust-change", action="store_true",
-        help="send the key although the endpoint or api_key_env differs from the lockfile's (after review)",
-    )
-    p.add_argument(
-        "--trace-http", metavar="FILE",
-        help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
-    )
+    _contact_opts(p)
     _links_opt(p)
 
     p = _command(
@@ -210,14 +215,7 @@ runner doctor --endpoint https://api.vimmerse.net --format json
     p.add_argument("manifest", nargs="?", metavar="MANIFEST", help="default: runner.yaml here")
     p.add_argument("--endpoint", metavar="URL", help="override api.endpoint")
     _format_opt(p, ["text", "json"], "text: one line per check; json: the checks for tools")
-    p.add_argument(
-        "--allow-trust-change", action="store_true",
-        help="send the key to an endpoint or from a variable the lockfile's entries were not made with",
-    )
-    p.add_argument(
-        "--trace-http", metavar="FILE",
-        help="write every request and answer as JSON lines (never the key); or RUNNER_TRACE_HTTP",
-    )
+    _contact_opts(p)
     _links_opt(p)
 
     p = _command(

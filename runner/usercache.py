@@ -37,6 +37,8 @@ from pathlib import Path
 from runner.atomic import NOFOLLOW, atomic_write_bytes
 
 SEAL_VERSION = b"runner-cache-1"
+# Never through a symlink, never blocking on a FIFO swapped in, not inherited by children.
+_READ_FLAGS = os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 KEY_BYTES = 32
 MAX_FOLDERS = 256  # manifest folders remembered; the least recently used are forgotten
 _FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
@@ -105,7 +107,7 @@ def read_sealed(path: Path | None, purpose: str) -> bytes | None:
     if key is None:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
     try:
@@ -215,7 +217,7 @@ def _key(*, create: bool) -> bytes | None:
 
 def _read_key(path: Path) -> bytes | None:
     try:
-        fd = os.open(path, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
     try:

@@ -114,3 +114,13 @@ def run_runner(
         timeout=timeout,
         check=False,
     )
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole request body, for the small ASGI stand-ins of APIs the sandbox is not."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from apply_support import SECRET, ledger, lock_doc, runner, sandbox, write_manifest
+from helpers import read_body
 
 from runner.sandbox.config import SandboxConfig
 
@@ -117,12 +118,7 @@ class OddApi:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:  # read the whole body
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["path"].startswith("/_sandbox/"):  # not a sandbox: no health route
             status, body = 404, b'{"detail": "Not Found"}'
         elif scope["method"] == "POST" and b"runner-idempotency-probe" in body:

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from apply_support import SECRET, lock_doc, runner, write_manifest
-from helpers import make_image
+from helpers import make_image, read_body
 
 from runner import client as client_module
 from runner import wire
@@ -43,12 +43,7 @@ class Hostile:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.requests += 1
         if scope["path"].startswith("/_sandbox/"):
             await _answer(send, 404, b"{}")

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from apply_support import lock_doc, runner, write_manifest
+from helpers import read_body
 from jsonschema import Draft202012Validator
 
 from runner import wire
@@ -192,12 +193,7 @@ class RecordingApi:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.paths.append((scope["method"], scope.get("raw_path", b"").decode("latin-1") or scope["path"]))
         if scope["path"].startswith("/_sandbox/"):
             status, answer = 404, b"{}"
