@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import secrets
 import socket
 import ssl
@@ -266,6 +267,7 @@ class ApiClient:
         with contextlib.ExitStack() as stack:
             files: list[tuple[str, Any]] | None = None
             extensions: dict[str, Any] = {}
+            uploaded = 0  # bytes of the files, from the open handles: no second stat
             if job is not None:
                 # Always multipart/form-data, as documented, also for URL-only jobs: text
                 # fields as parts without a file name, then every image streamed from disk.
@@ -274,6 +276,7 @@ class ApiClient:
                 files = [(name, (None, value)) for name, value in fields]
                 for part in parts:
                     fh = stack.enter_context(open_regular(part.path))
+                    uploaded += os.fstat(fh.fileno()).st_size
                     files.append(("image_files", (part.filename, fh, part.mime)))
                 extensions["runner.form"] = {
                     "fields": fields,
@@ -286,7 +289,6 @@ class ApiClient:
             if deadline is None:
                 deadline = GET_DEADLINE
                 if method == "POST":
-                    uploaded = sum(_size(p.path) for p in wire.file_parts(job)) if job is not None else 0
                     deadline = POST_DEADLINE + uploaded / UPLOAD_RATE
             request = self.http.build_request(
                 method, path, files=files, headers=self._headers(key),
@@ -557,12 +559,6 @@ def _retry_after(answer: Answer) -> float | None:
         return None
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 async def _read_capped(response: httpx.Response) -> bytes:
