@@ -30,22 +30,10 @@ import pytest
 import yaml
 from helpers import make_image, run_runner, write_manifest
 
-from runner.report_html import (
-    CSP,
-    SCRIPT,
-    STYLE,
-    Card,
-    Fetcher,
-    FetchPolicy,
-    Sample,
-    Section,
-    TooLarge,
-    embed,
-    load_sample,
-    normalize_allowed_host,
-    render_html,
-    site_of,
-)
+from runner.report_cards import Card, Sample, Section, cards_for
+from runner.report_fetch import Fetcher, TooLarge, embed, load_sample
+from runner.report_html import CSP, SCRIPT, STYLE, explain, render_html
+from runner.report_policy import FetchPolicy, normalize_allowed_host, site_of
 
 # -- a minimal DevTools client ----------------------------------------------------------------
 
@@ -404,7 +392,7 @@ def test_html_escapes_messages_and_pins_its_inline_code_by_hash() -> None:
     )
     page = render_html([Section("m.yaml", [card])], generated_at="now", version="0")
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
-    assert "image unavailable" in page and "HTTP 500" in page
+    assert "Download refused" in page and "HTTP 500" in page
     for text in (STYLE, SCRIPT):
         digest = base64.b64encode(__import__("hashlib").sha256(text.encode()).digest()).decode()
         assert f"'sha256-{digest}'" in CSP
@@ -429,6 +417,68 @@ def test_report_of_a_missing_manifest_exits_1(tmp_path: Path) -> None:
     result = run_runner("report", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "r.html"))
     assert result.returncode == 1
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("problem", "headline", "says"),
+    [
+        ("not from the API's origin", "Not downloaded", "--allow-host"),
+        ("not from the API's origin (a URL with user info)", "Not downloaded", "untrusted"),
+        ("timed out (still downloading after 20 s)", "Download too slow", "--image-timeout"),
+        ("cdn.example.com is not reachable", "Server not reachable", "Cdn.example.com is not reachable"),
+        ("HTTP 404", "Download refused", "expired"),
+        ("HTTP 502", "Download refused", "Try again later"),
+        ("too large (13000x13000 pixels; at most 24 megapixels)", "Too large to embed", "13000x13000"),
+        ("not in the sandbox's state folder", "No longer in the sandbox", ".runner/sandbox"),
+        ("the sandbox's training is failed", "Not finished in the sandbox", "training is failed"),
+        ("not a readable image (UnidentifiedImageError)", "Not an image", "PNG, JPEG"),
+        ("download failed (ReadError)", "Image unavailable", "Download failed (ReadError)."),
+    ],
+)
+def test_a_missing_sample_says_why_in_words_a_user_understands(problem: str, headline: str, says: str) -> None:
+    got_headline, advice = explain(problem)
+    assert got_headline == headline and says in advice
+    page = render_html(
+        [Section("m.yaml", [Card("m.yaml", "job", "succeeded", "T1", samples=[Sample("https://x/y.png", problem=problem)])])],
+        generated_at="2026-12-02T15:30:00Z",
+        version="0",
+    )
+    assert f"<strong>{headline}</strong>" in page
+    assert f'title="https://x/y.png: {problem}"'.replace("'", "&#39;") in page  # the raw reason stays at hand
+
+
+def test_cards_show_what_was_trained_and_copy_only_a_usable_word() -> None:
+    """lora_prefix, iterations and the Kontext prompt from the entry's inputs; Copy only when it succeeded."""
+    from runner.lockfile import LockEntry
+
+    entries = {
+        "a10": LockEntry("sha256:1", "succeeded", trigger_word="CAR_X1", option="FluxKontextFinetune",
+                         inputs={"num_iterations": 300, "prompt": "turn the car red " * 40},
+                         finished_at="2026-12-02T15:30:05Z"),
+        "a2": LockEntry("sha256:2", "failed", trigger_word="SNKR_Q9", option="FluxFinetune",
+                        inputs={"lora_prefix": "SNKR", "num_iterations": 0},
+                        error={"status": "failed", "message": "training ended"}),
+        "a3": LockEntry("sha256:3", "failed", option="FluxFinetune", error={"status": 422, "message": "bad"}),
+    }
+    cards = cards_for("m.yaml", entries, entries)
+    assert [c.name for c in cards] == ["a2", "a3", "a10"]
+    page = render_html([Section("m.yaml", cards)], generated_at="2026-12-02T15:30:00Z", version="0")
+    articles = dict(re.findall(r'<article[^>]*data-job="([^"]+)"[^>]*>(.*?)</article>', page, re.S))
+    kontext, failed, no_word = articles["a10"], articles["a2"], articles["a3"]
+    assert 'data-copy="CAR_X1"' in kontext and "<dt>iterations</dt><dd>300</dd>" in kontext
+    assert "<dt>prompt</dt>" in kontext and "turn the car red" in kontext and "…" in kontext
+    assert '<time datetime="2026-12-02T15:30:05Z" title="2026-12-02T15:30:05Z">2 Dec 2026, 15:30 UTC</time>' in kontext
+    assert "button" not in failed and "SNKR_Q9" in failed and "not usable: the training failed" in failed
+    assert "<dt>lora_prefix</dt><dd>SNKR</dd>" in failed and "<dt>iterations</dt><dd>default</dd>" in failed
+    assert "button" not in no_word and "no trigger word" in no_word
+
+
+def test_a_job_never_applied_shows_the_manifests_values(tmp_path: Path) -> None:
+    from runner.workspace import load
+
+    manifest = load(str(write_manifest(tmp_path, jobs=[{"name": "new", "lora_prefix": "NEWP", "num_iterations": 50}])))
+    (card,) = cards_for("m.yaml", ["new"], {}, {job.name: job for job in manifest.jobs})
+    assert (card.status, card.lora_prefix, card.num_iterations, card.option) == ("absent", "NEWP", 50, "FluxFinetune")
 
 
 # -- the browser test ------------------------------------------------------------------------
@@ -461,13 +511,17 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             {"name": "mug", "lora_prefix": "MUG"},
             {"name": "broken", "lora_prefix": "BROKENFAIL"},
             {"name": "later", "lora_prefix": "LATER"},
+            {"name": "car-red", "option": "FluxKontextFinetune", "prompt": "turn the car red",
+             "num_iterations": 120, "pairs": [{"start": "pairs/c1.png", "end": "pairs/c1_red.png"}]},
         ],
         api={"endpoint": "sandbox", "poll_interval": "100ms"},
     )
     make_image(tmp / "images" / "mug" / "002.png", size=(64, 64), color=(240, 200, 10))
+    make_image(tmp / "pairs" / "c1.png", size=(64, 64), color=(20, 20, 200))
+    make_image(tmp / "pairs" / "c1_red.png", size=(64, 64), color=(200, 20, 20))
     env = dict(os.environ, RUNNER_SANDBOX_TRAIN_SECONDS="0.2")
     env.pop("RUNNER_ENDPOINT", None)
-    targets = ["--target", "sneaker", "--target", "mug", "--target", "broken"]
+    targets = ["--target", "sneaker", "--target", "mug", "--target", "broken", "--target", "car-red"]
     result = run_runner("-q", "apply", str(manifest), *targets, env=env, timeout=120)
     assert result.returncode == 3, result.stderr  # the FAIL job failed
     lock_path = tmp / "manifest.lock.yaml"
@@ -514,7 +568,7 @@ def test_report_in_chromium(chromium: str, applied: dict[str, Any], tmp_path: Pa
         )
         browser.send(
             "Emulation.setDeviceMetricsOverride",
-            {"width": 1280, "height": 1400, "deviceScaleFactor": 1, "mobile": False},
+            {"width": 1400, "height": 1400, "deviceScaleFactor": 1, "mobile": False},
         )
 
         start = browser.navigate(report.as_uri())
@@ -526,11 +580,15 @@ def test_report_in_chromium(chromium: str, applied: dict[str, Any], tmp_path: Pa
                  error: (c.querySelector('.error') || {}).textContent || null,
                  images: Array.from(c.querySelectorAll('img.sample')).map(function (i) {
                    return {ok: i.complete && i.naturalWidth > 0, src: i.src.slice(0, 15)}; }),
+                 widths: Array.from(c.querySelectorAll('img.sample, .placeholder')).map(function (i) {
+                   return i.getBoundingClientRect().width; }),
+                 times: Array.from(c.querySelectorAll('time')).map(function (n) {
+                   return {text: n.textContent, iso: n.getAttribute('datetime'), title: n.title}; }),
                  placeholders: c.querySelectorAll('.placeholder').length,
                  text: c.textContent }; })"""
         )
         by_name = {c["name"]: c for c in cards}
-        assert sorted(by_name) == ["broken", "later", "mug", "sneaker"]
+        assert list(by_name) == ["broken", "car-red", "later", "mug", "sneaker"]
         for name in ("sneaker", "mug"):
             card = by_name[name]
             assert card["status"] == "succeeded"
@@ -540,7 +598,22 @@ def test_report_in_chromium(chromium: str, applied: dict[str, Any], tmp_path: Pa
         assert [i["ok"] for i in by_name["mug"]["images"]] == [True, True]
         assert all(i["src"].startswith("data:image/") for i in by_name["mug"]["images"])
         assert [i["ok"] for i in by_name["sneaker"]["images"]] == [True]
-        assert by_name["sneaker"]["placeholders"] == 1 and "image unavailable" in by_name["sneaker"]["text"]
+        assert by_name["sneaker"]["placeholders"] == 1 and "Not downloaded" in by_name["sneaker"]["text"]
+        assert "--allow-host" in by_name["sneaker"]["text"]
+        # Samples large enough to judge a LoRA: at least 256 px wide on a 1400 px page.
+        widths = [w for c in cards for w in c["widths"]]
+        assert len(widths) >= 4 and min(widths) >= 256, widths
+        # What was trained: the prefix, iterations and the Kontext prompt on the cards.
+        assert "lora_prefix" in by_name["sneaker"]["text"] and "SNKR" in by_name["sneaker"]["text"]
+        kontext = by_name["car-red"]
+        assert kontext["status"] == "succeeded" and "turn the car red" in kontext["text"]
+        assert "iterations120" in kontext["text"].replace(" ", "").replace("\n", "")
+        # Readable local times, ISO in the tooltip (the script rewrote the UTC text).
+        times = [tm for c in cards for tm in c["times"]]
+        assert times and all(tm["title"] == tm["iso"] and tm["iso"].endswith("Z") for tm in times)
+        assert all("T" not in tm["text"] and "UTC" not in tm["text"] for tm in times), times
+        # No Copy button on a failed job.
+        assert by_name["broken"]["copy"] is None and "not usable" in by_name["broken"]["text"]
         assert by_name["broken"]["status"] == "failed"
         assert "training ended with status fail" in by_name["broken"]["error"]
         assert by_name["later"]["status"] == "absent" and "not applied yet" in by_name["later"]["text"]
@@ -556,6 +629,16 @@ def test_report_in_chromium(chromium: str, applied: dict[str, Any], tmp_path: Pa
                  return document.querySelectorAll('article.card:not(.hidden)').length; })()"""
         )
         assert visible == 1
+        viewer = browser.evaluate(
+            """new Promise(function (resolve) { document.querySelector('[data-job="mug"] img.sample').click();
+                 setTimeout(function () { var v = document.getElementById('viewer'),
+                   i = document.getElementById('viewer-img');
+                   resolve({open: v.open, width: i.naturalWidth, shown: i.getBoundingClientRect().width,
+                            caption: document.getElementById('viewer-caption').textContent});
+                   v.close(); }, 300); })"""
+        )
+        assert viewer["open"] and viewer["width"] > 0 and viewer["shown"] >= viewer["width"] * 0.99, viewer
+        assert "as embedded" in viewer["caption"]
         browser.evaluate(
             """(function () { var f = document.getElementById('filter'); f.value = '';
                  f.dispatchEvent(new Event('input')); })()"""

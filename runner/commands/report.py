@@ -1,7 +1,7 @@
 """``runner report MANIFEST... -o report.html``: one self-contained HTML gallery of results.
 
 Reads each manifest (for its job list) and its lockfile (journal replayed; read-only),
-embeds the samples (see ``runner.report_html``: only from the manifest's own API, within
+embeds the samples (see ``runner.report_fetch``: only from the manifest's own API, within
 ``--timeout``) and writes the page atomically, so an interrupted report (SIGINT/SIGTERM:
 exit 130 at once) leaves no file behind, nor half of one. With several manifests one that
 cannot be read is shown as such on the page and sets the exit code (the worst), while the
@@ -22,15 +22,10 @@ from runner.endpoint import target_identity
 from runner.errors import RunnerError, UsageError
 from runner.lockfile import read_lockfile
 from runner.manifests import expand_manifests, worst
-from runner.report_html import (
-    FetchPolicy,
-    Section,
-    cards_for,
-    fill_samples,
-    normalize_allowed_host,
-    render_html,
-    write_report,
-)
+from runner.report_cards import Section, cards_for
+from runner.report_fetch import fill_samples
+from runner.report_html import render_html, write_report
+from runner.report_policy import FetchPolicy, normalize_allowed_host
 from runner.workspace import load, lockfile_for
 
 
@@ -68,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
             codes.append(exc.exit_code)
             continue
         names = {job.name for job in manifest.jobs} | set(entries)
-        sections.append(Section(manifest_path, cards_for(manifest_path, names, entries)))
+        jobs = {job.name: job for job in manifest.jobs}
+        sections.append(Section(manifest_path, cards_for(manifest_path, names, entries, jobs)))
         folders[manifest_path] = manifest.folder
         policies[manifest_path] = FetchPolicy(api, allowed)
         codes.append(0)
@@ -80,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=timeout,
         image_timeout=image_timeout,
     )
-    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     out = Path(args.output)
     write_report(out, render_html(sections, generated_at=generated, version=__version__))
     cards = [c for s in sections for c in s.cards]

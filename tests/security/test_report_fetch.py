@@ -36,7 +36,9 @@ import pytest
 import yaml
 from helpers import REPO_ROOT, write_manifest
 
-from runner.report_html import MAX_PIXELS, Fetcher, FetchPolicy, Section, cards_for, fill_samples
+from runner.report_cards import Section, cards_for
+from runner.report_fetch import MAX_PIXELS, Fetcher, fill_samples
+from runner.report_policy import FetchPolicy
 
 LIVE_API = "https://api.vimmerse.net"
 # Peak RSS allowed for a report that meets a hostile input. A report of no sample peaks near
@@ -287,12 +289,12 @@ def test_lockfile_urls_on_another_loopback_port_get_no_request(tmp_path: Path) -
     for run in runs:
         assert run.code == 0, run.stderr
     page = cards(tmp_path / "out-sb" / "report.html")
-    assert page.count("not from the API&#x27;s origin") == 4
-    assert "not in the sandbox&#x27;s state folder" in page  # the sandbox route: state only
-    assert cards(tmp_path / "out-live" / "report.html").count("not from the API&#x27;s origin") == 5
+    assert page.count("not from the API&#39;s origin") == 4
+    assert "not in the sandbox&#39;s state folder" in page  # the sandbox route: state only
+    assert cards(tmp_path / "out-live" / "report.html").count("not from the API&#39;s origin") == 5
     local_page = cards(tmp_path / "out-local" / "report.html")
     assert local_page.count('<img class="sample"') == 1
-    assert local_page.count("not from the API&#x27;s origin") == 4
+    assert local_page.count("not from the API&#39;s origin") == 4
 
 
 def test_internal_hosts_are_never_contacted(tmp_path: Path) -> None:
@@ -368,7 +370,7 @@ def test_the_whole_report_has_one_deadline(tmp_path: Path) -> None:
     assert run.code == 0, run.stderr
     assert run.seconds < 3 + 4
     page = cards(tmp_path / "out" / "report.html")
-    assert page.count("timed out") == 30 and "the report&#x27;s deadline passed" in page
+    assert page.count("timed out") == 30 and "the report&#39;s deadline passed" in page
 
 
 def test_sigterm_during_a_slow_report_exits_130_promptly_and_leaves_no_file(tmp_path: Path) -> None:
@@ -517,7 +519,7 @@ def test_a_state_folder_that_is_a_symlink_is_not_followed(tmp_path: Path) -> Non
     else:
         assert run.code == 0, run.stderr
         assert '<img class="sample"' not in cards(page)
-        assert "folder &#x27;.runner&#x27; is a symbolic link" in cards(page)
+        assert "folder &#39;.runner&#39; is a symbolic link" in cards(page)
     with Fetcher() as fetcher:  # the report's own rule, whatever the workspace does
         data, problem = fetcher.sandbox_file(_sandbox_url("abc"), manifest.parent)
     assert data is None and problem == "sandbox file refused: folder '.runner' is a symbolic link"
