@@ -1,5 +1,5 @@
 """The live terminal view of an apply (rich): a progress bar, a line per running job, and a
-final summary table. Used only on a terminal; CI gets one JSON log line per state change.
+final summary table, and once trainings of a shape have ended, the time left. Used only on a terminal; CI gets one JSON log line per state change.
 The live view is on stderr (it is progress, like logs); the summary table is the command's
 result, on stdout.
 
@@ -9,10 +9,12 @@ through ``logsetup.safe`` (control characters escaped), like every other view.""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
-from runner.apply import ApplyResult, Heartbeat, LogReporter, elapsed_text
+from runner.apply import ApplyResult, Heartbeat, elapsed_text
+from runner.eta import Durations, EtaShape, entry_shape, remaining, wall_time
 from runner.lockfile import LockEntry
 from runner.logsetup import safe
 
@@ -20,6 +22,10 @@ ACTIVE = ("submitting", "training", "uncertain")
 
 
 class RichReporter:
+    """The live view. Rich redraws it twice a second from its own thread (``__rich__``), so
+    elapsed times and the estimate move between events; a lock keeps that thread from
+    reading the job table while the apply's loop changes it."""
+
     def __init__(self) -> None:
         from rich.console import Console
 
@@ -27,14 +33,18 @@ class RichReporter:
         self.jobs: dict[str, tuple[str, str, str | None, str | None]] = {}
         self.total = 0
         self._live: Any = None
-        self._log = LogReporter()
         self._beat: Heartbeat | None = None
-        self.since: dict[str, float] = {}  # job -> when this run first saw it move
+        self.since: dict[str, float] = {}  # job -> when this run first saw it move (monotonic)
+        self._lock = threading.Lock()
+        self._durations = Durations()
+        self._shapes: dict[str, EtaShape] = {}
+        self._training_since: dict[str, float] = {}  # job -> wall time its training began
+        self._slots = 1  # the most jobs seen holding a slot at once
 
     def __enter__(self) -> RichReporter:
         from rich.live import Live
 
-        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+        self._live = Live(self, console=self.console, refresh_per_second=2, transient=True)
         self._live.__enter__()
         return self
 
@@ -44,26 +54,58 @@ class RichReporter:
             self._live = None
 
     def started(self, total: int) -> None:
-        self.total = total
-        self._update()
+        with self._lock:
+            self.total = total
 
     def job_changed(self, name: str, action: str, entry: LockEntry | None, message: str | None) -> None:
         status = entry.status if entry else "skipped"
-        self.jobs[name] = (action, status, entry.trigger_word if entry else None, message)
-        self.since.setdefault(name, time.monotonic())
+        with self._lock:
+            self.jobs[name] = (action, status, entry.trigger_word if entry else None, message)
+            self.since.setdefault(name, time.monotonic())
+            if entry is not None:
+                self._timing(name, entry)
+            self._slots = max(self._slots, sum(1 for v in self.jobs.values() if v[1] in ACTIVE))
         if status in ("failed", "uncertain") and message:
             from rich.text import Text
 
             self.console.print(Text.assemble((safe(name), "red"), f": {status}: ", safe(message)))
-        self._update()
+
+    def _timing(self, name: str, entry: LockEntry) -> None:
+        """Learn training times: from the first sight of ``training`` (or, for a training
+        resumed from the lockfile, its ``submitted_at``) to ``succeeded``."""
+        self._shapes[name] = entry_shape(entry)
+        now = time.time()
+        if entry.status == "training" and name not in self._training_since:
+            began = wall_time(entry.submitted_at) if self.jobs[name][0] == "resume" else None
+            self._training_since[name] = min(now, began) if began is not None else now
+        elif entry.status == "succeeded" and name in self._training_since:
+            self._durations.add(self._shapes[name], now - self._training_since.pop(name))
+        elif entry.status not in ACTIVE:
+            self._training_since.pop(name, None)
 
     def heartbeat(self, beat: Heartbeat) -> None:
-        self._beat = beat
-        self._update()
+        with self._lock:
+            self._beat = beat
 
-    def _update(self) -> None:
-        if self._live is not None:
-            self._live.update(self._render())
+    def estimate(self) -> float | None:
+        """Seconds left for the whole run, once the running jobs' shapes have been measured."""
+        with self._lock:
+            return self._estimate(time.time())
+
+    def _estimate(self, now: float) -> float | None:
+        active = [n for n, v in self.jobs.items() if v[1] in ACTIVE]
+        done = sum(1 for v in self.jobs.values() if v[1] not in ACTIVE)
+        queued = max(0, self.total - done - len(active))
+        running = [
+            (self._shapes[n], now - self._training_since.get(n, now)) for n in active if n in self._shapes
+        ]
+        if len(running) < len(active):
+            return None
+        return remaining(self._durations, running, queued, self._slots)
+
+    def __rich__(self) -> Any:
+        with self._lock:
+            return self._render()
 
     def _render(self) -> Any:
         from rich.console import Group
@@ -78,6 +120,9 @@ class RichReporter:
         queued = max(0, self.total - done - len(running))
         bar = ProgressBar(total=self.total, completed=done, width=40)
         head = Text(f" {done}/{self.total} jobs finished · {len(running)} running · {queued} queued")
+        eta = self._estimate(time.time())
+        if eta is not None:
+            head.append(f" · about {elapsed_text(eta)} left")
         if self._beat is not None and self._beat.longest is not None:
             head.append(f" · longest {safe(self._beat.longest)} {elapsed_text(self._beat.longest_seconds)}")
         table = Table(box=None, show_header=False, padding=(0, 1))

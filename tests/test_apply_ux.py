@@ -262,3 +262,18 @@ def test_terminal_view_shows_a_failure_full_of_markup_as_text(tmp_path: Path, mo
     assert "internal error" not in screen and "Traceback" not in screen and "MarkupError" not in screen
     assert screen.count(MARKUP) >= 2, screen  # the live view's line and the summary's cell
     assert "Apply: 1 failed, 1 succeeded" in screen
+
+
+def test_terminal_view_estimates_the_time_left_once_a_shape_has_ended(tmp_path: Path) -> None:
+    """Issue 13, item 3: three trainings of one shape, one at a time; after the first ends,
+    the live view says about how long is left (and not before: no guessed number)."""
+    with sandbox(tmp_path / "state", train_seconds=1.5) as url:
+        manifest = write_manifest(tmp_path, url, 3, api={"max_in_flight": 1})
+        code, screen = at_terminal(["apply", manifest.name, "--auto-approve"], tmp_path)
+    assert code == 0, screen
+    assert "Apply: 3 succeeded" in screen
+    first_done = screen.index("1/3 jobs finished")
+    assert " left" not in screen[:first_done], screen[:first_done]
+    estimates = [int(s) for s in re.findall(r"about (\d+)s left", screen)]
+    assert estimates, screen
+    assert all(e <= 4 for e in estimates), estimates  # at most two trainings of ~1.5 s remain
