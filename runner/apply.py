@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
 import structlog
 
 from runner import logsetup, wire
-from runner.client import ApiClient, Uncertain, Unreachable, idempotency_key
+from runner.client import ApiClient, SubmitResult, Uncertain, Unreachable, idempotency_key
 from runner.errors import (
     EXIT_CREDIT,
     EXIT_INCOMPLETE,
@@ -35,10 +36,13 @@ from runner.errors import (
     ApiError,
     InsufficientCredit,
 )
+from runner.fingerprint import Fingerprinted
 from runner.lockfile import LockEntry, LockfileWriteError, LockSession
 from runner.models import ApiSettings
 from runner.plan import Change, Plan
 from runner.polling import TrainingTimes, poll_delay
+from runner.resize import ResizeCache, Resized, StaleResize
+from runner.upload import Preparer, too_large_hint
 
 log = logsetup.get_logger("runner.apply")
 
@@ -187,8 +191,11 @@ class Applier:
         reporter: Reporter | None = None,
         clock: Callable[[], float] = time.monotonic,
         api: str | None = None,
+        preparer: Preparer | None = None,
     ) -> None:
         self.plan = plan
+        # Downscales images (upload.max_side) ahead of their upload, in max_uploads threads.
+        self.preparer = preparer
         # Where the entries this run makes are recorded as made (DESIGN section 4).
         self.api = api
         self.session = session
@@ -469,6 +476,8 @@ class Applier:
         )
         with structlog.contextvars.bound_contextvars(job=change.name, action=change.action):
             try:
+                # Downscaled before taking an upload slot: resizing overlaps others' uploads.
+                resized = await self._preparer().parts(fp) if fp.resize else {}
                 async with self.uploads:
                     if self.stop_submitting:
                         self._outcome(change, "skipped", previous, "not submitted")
@@ -478,9 +487,7 @@ class Applier:
                     with anyio.CancelScope(shield=True) as scope:
                         self._post_scopes.add(scope)
                         try:
-                            result = await self.client.submit(
-                                job, key, replay_for=self.settings.job_timeout
-                            )
+                            result = await self._post(fp, key, resized)
                         finally:
                             self._post_scopes.discard(scope)
                     if scope.cancelled_caught:
@@ -514,7 +521,7 @@ class Applier:
                     return None
                 message = exc.message
                 if exc.status == 413:
-                    message += " (the upload is larger than the API accepts; set upload.max_side to send smaller images)"
+                    message += f" ({too_large_hint(job, resized)})"
                 entry = base.evolve(status="failed", error={"status": exc.status, "message": message})
                 self._record(change, entry, message)
                 self._outcome(change, "failed", entry, message)
@@ -544,6 +551,24 @@ class Applier:
                                 asset_id=submitted.asset_id, api=made_by)
             self._record(change, entry)
             return entry
+
+    def _preparer(self) -> Preparer:
+        if self.preparer is None:  # callers that did not say where the cache is: a private one
+            self.preparer = Preparer(ResizeCache(None), self.settings.max_uploads)
+        return self.preparer
+
+    async def _post(self, fp: Fingerprinted, key: str, resized: dict[Path, Resized]) -> SubmitResult:
+        """Submit; a downscaled copy that fails its check before sending is made again once."""
+        try:
+            return await self.client.submit(fp.job, key, replay_for=self.settings.job_timeout, resized=resized)
+        except StaleResize as exc:
+            log.warning("a downscaled image in the cache failed its check; making it again", error=str(exc))
+            for path in resized:
+                resized[path] = await self._preparer().remake(fp, path)
+        try:
+            return await self.client.submit(fp.job, key, replay_for=self.settings.job_timeout, resized=resized)
+        except StaleResize as exc:
+            raise OSError(f"the downscaled copy cannot be checked: {exc}") from exc
 
     async def _follow(self, change: Change, entry: LockEntry, *, just_submitted: bool = False) -> None:
         assert entry.trigger_word is not None

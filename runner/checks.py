@@ -38,6 +38,7 @@ _PATH = tuple[PathPart, ...]
 _ESCAPES = "path escapes the manifest's folder"
 _NUL = "path contains a NUL character"  # no file can have one; os.stat would raise
 _ALLOW = " (pass --allow-outside-links to allow it)"
+MIN_MAX_SIDE = 256  # upload.max_side's minimum in the schema
 # ``runner init`` writes a Kontext prompt starting with this: an error until edited.
 PLACEHOLDER_MARK = "TODO:"
 # What ``runner init`` wrote before it marked the placeholder: still a placeholder.
@@ -181,10 +182,13 @@ class Checker:
             ("max_in_flight", int),
             ("max_uploads", int),
             ("max_submissions", int),
+            ("max_upload_mb", (int, float)),
         ):
             value = api.get(key)
             if isinstance(value, kind) and not isinstance(value, bool):
-                values[key] = float(value) if key == "requests_per_second" else value
+                values[key] = float(value) if key in ("requests_per_second", "max_upload_mb") else value
+        if not (values.get("max_upload_mb", 1) > 0):
+            del values["max_upload_mb"]  # the schema reports it
         return ApiSettings(**values)
 
     def valid_defaults(self, defaults: object) -> dict[str, Any]:
@@ -192,6 +196,9 @@ class Checker:
         if not isinstance(defaults, dict):
             return {}
         out = {k: v for k, v in defaults.items() if k in INHERITED and _valid_field(k, v)}
+        upload = _valid_upload(defaults.get("upload"))
+        if upload:
+            out["upload"] = upload
         if isinstance(out.get("webhook_url"), str):
             self.check_webhook(("defaults", "webhook_url"), out["webhook_url"])
         return out
@@ -323,8 +330,11 @@ class Checker:
             paths = self.resolve_images(here, job.get("images"))
 
         name = job.get("name")
-        if not isinstance(name, str) or not all(_valid_field(k, merged[k]) for k in merged):
+        if not isinstance(name, str) or not all(_valid_field(k, merged[k]) for k in merged if k in INHERITED):
             return None
+        # ``upload`` merges key by key: a job's jpeg_quality keeps the defaults' max_side.
+        upload = {**defaults.get("upload", {}), **_valid_upload(job.get("upload"))}
+        line, col = self.doc.position(here)
         hook = self.templates.get((*here, "webhook_url") if "webhook_url" in job else ("defaults", "webhook_url"))
         webhook_url = merged.get("webhook_url") if hook is None else hook.value
         return Job(
@@ -338,7 +348,11 @@ class Checker:
             image_urls=tuple(urls),
             webhook_url=webhook_url,
             webhook_source=hook.source if hook is not None and hook.secret else None,
-            line=self.doc.position(here)[0],
+            line=line,
+            col=col,
+            path=format_path(list(here)),
+            max_side=upload.get("max_side"),
+            jpeg_quality=upload.get("jpeg_quality", Job.jpeg_quality),
         )
 
     def check_urls(self, here: _PATH, urls: object) -> list[str]:
@@ -556,6 +570,25 @@ def clip(message: str, limit: int = 400) -> str:
         return message
     cut = len(message) - (limit - 100)
     return f"{message[: limit - 200]}...[{cut} characters]...{message[-100:]}"
+
+
+def _valid_upload(upload: object) -> dict[str, Any]:
+    """The ``upload`` keys whose value is right (the schema reports the others); an explicit
+    ``max_side: null`` is kept, so a job can turn off a default's downscaling."""
+    if not isinstance(upload, dict):
+        return {}
+    out: dict[str, Any] = {}
+    side = upload.get("max_side")
+    if "max_side" in upload and (side is None or (_is_int(side) and int(side) >= MIN_MAX_SIDE)):
+        out["max_side"] = side
+    quality = upload.get("jpeg_quality")
+    if isinstance(quality, int) and not isinstance(quality, bool) and 1 <= quality <= 100:
+        out["jpeg_quality"] = quality
+    return out
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _valid_field(key: str, value: object) -> bool:

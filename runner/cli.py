@@ -339,6 +339,11 @@ runner sandbox serve --host 0.0.0.0 --api-key secret --fault-rate 0.1 --fault-ki
         help="refuse bigger requests with 413 (default 100)",
     )
     s.add_argument(
+        "--bandwidth-mbps", type=float, default=None, metavar="N",
+        help="read request bodies no faster than N megabits/s, shared by all requests, as a CI "
+        "runner's uplink would send them (default: as fast as they come)",
+    )
+    s.add_argument(
         "--max-trainings-per-key", type=int, default=None, metavar="N",
         help="quota: trainings one key may start, then 402 (default: 1000 beyond loopback, else none)",
     )

@@ -30,10 +30,10 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -45,6 +45,9 @@ from runner.errors import ApiError, InsufficientCredit
 from runner.images import open_regular
 from runner.models import Job
 from runner.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from runner.resize import Resized
 
 log = logsetup.get_logger("runner.client")
 
@@ -256,8 +259,13 @@ class ApiClient:
         timeout: httpx.Timeout | None = None,
         job_name: str | None = None,
         deadline: float | None = None,
+        resized: Mapping[Path, Resized] | None = None,
     ) -> Answer:
         """Send one request and read its whole answer.
+
+        ``resized``: images sent as their downscaled copy (``upload.max_side``), each opened
+        and checked against its cache record (``resize.open_verified``, which raises
+        ``StaleResize`` before anything is sent when it does not match).
 
         Raises ``NotReached`` when nothing reached the server, ``Transient`` (status 0)
         when the request may have arrived but its answer was lost.
@@ -274,14 +282,20 @@ class ApiClient:
                 fields = wire.form_fields(job)
                 parts = wire.file_parts(job)
                 files = [(name, (None, value)) for name, value in fields]
+                smaller = resized or {}
                 for part in parts:
-                    fh = stack.enter_context(open_regular(part.path))
+                    small = smaller.get(part.path)
+                    if small is None:
+                        fh = stack.enter_context(open_regular(part.path))
+                    else:
+                        from runner.resize import open_verified
+
+                        fh = stack.enter_context(open_verified(small))
                     uploaded += os.fstat(fh.fileno()).st_size
                     files.append(("image_files", (part.filename, fh, part.mime)))
                 extensions["runner.form"] = {
                     "fields": fields,
-                    "files": [{"field": "image_files", "filename": p.filename, "path": str(p.path)}
-                              for p in parts],
+                    "files": [_traced(p, smaller) for p in parts],
                 }
             elif fields is not None:
                 files = [(name, (None, value)) for name, value in fields]
@@ -399,10 +413,14 @@ class ApiClient:
 
     # ----- POST /finetune ------------------------------------------------------------------
 
-    async def submit(self, job: Job, key: str, *, replay_for: float = 3600.0) -> SubmitResult:
+    async def submit(
+        self, job: Job, key: str, *, replay_for: float = 3600.0,
+        resized: Mapping[Path, Resized] | None = None,
+    ) -> SubmitResult:
         """POST the job once, retrying only what is safe (module docstring).
 
         ``replay_for`` bounds the replays under an echoed key (the job's timeout).
+        ``resized``: the job's downscaled images (see ``_send``); a replay sends the same.
         Raises ``Uncertain`` when a training may have started and we cannot know,
         ``Unreachable`` when nothing reached the server, ``ApiError`` for a refusal.
         """
@@ -428,7 +446,7 @@ class ApiClient:
                 wait_jitter=self.retry.wait_jitter,
             ):
                 with attempt:
-                    return await self._submit_once(job, key)
+                    return await self._submit_once(job, key, resized)
         except Replayable as exc:
             spent = self.clock() - started
             raise Uncertain(
@@ -443,9 +461,13 @@ class ApiClient:
                               status=429, job=job.name) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _submit_once(self, job: Job, key: str) -> SubmitResult:
+    async def _submit_once(
+        self, job: Job, key: str, resized: Mapping[Path, Resized] | None = None
+    ) -> SubmitResult:
         try:
-            answer = await self._send("POST", "/finetune", job=job, key=key, job_name=job.name)
+            answer = await self._send(
+                "POST", "/finetune", job=job, key=key, job_name=job.name, resized=resized
+            )
         except NotReached:
             raise
         except Transient as exc:
@@ -535,6 +557,17 @@ class ApiClient:
             return wire.Unreadable(f"HTTP {answer.status}: {answer.message}",
                                    wire.answer_text(answer.body), answer.status)
         return wire.read_status(answer.body)
+
+
+def _traced(part: wire.FilePart, resized: Mapping[Path, Resized]) -> dict[str, Any]:
+    """A file part as ``--trace-http`` records it: the file actually sent, and for a
+    downscaled image also the original it was made from."""
+    small = resized.get(part.path)
+    out: dict[str, Any] = {"field": "image_files", "filename": part.filename,
+                           "path": str(part.path if small is None else small.path)}
+    if small is not None:
+        out["source"] = str(part.path)
+    return out
 
 
 def _transient_wait(exc: Exception) -> bool | float:

@@ -6,7 +6,12 @@ it), lora_prefix, num_iterations, prompt (Kontext only, likewise) and the ordere
 digests (or the URLs). ``webhook_url`` only says where to report, so it is left out.
 
 Image digests are cached by (path, size, mtime_ns, inode), like git's index: a no-op plan
-stats files but reads no image bytes. The cache file is sealed with this user's key and
+stats files but reads no image bytes. So are the sizes and formats of the images of jobs
+with ``upload.max_side`` (read from the header once), which say whether an image is sent
+downscaled: the fingerprint records such an image as its digest plus the setting
+(``resize.sent_id``), and the request gains ``max_side`` (and ``jpeg_quality`` when a
+downscaled image is lossy). A job none of whose images is downscaled has the fingerprint
+it had before ``max_side`` existed, so old lock entries stay ``noop``. The cache file is sealed with this user's key and
 lives in the per-user cache folder (``runner.usercache``), out of a pull request's reach: a
 committed file could otherwise claim any digest for a changed image.
 """
@@ -20,12 +25,13 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from runner.images import open_regular
 from runner.models import Job
+from runner.resize import ImageInfo, Setting, read_info, sent_id
 from runner.wire import canonical_request
 
 CACHE_VERSION = 1
@@ -129,6 +135,20 @@ class DigestCache:
         self._entries[str(path)] = [key.size, key.mtime_ns, key.inode, digest]
         self._dirty = True
 
+    def info(self, path: str, st: os.stat_result) -> ImageInfo | None:
+        """The image's header facts, cached with its digest (same stat key), or None."""
+        entry = self._entries.get(path)
+        if entry and len(entry) == 5 and entry[0] == st.st_size and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino:
+            return ImageInfo.from_list(entry[4])
+        return None
+
+    def put_info(self, path: str, st: os.stat_result, info: ImageInfo) -> None:
+        """Remember ``info`` beside the digest (only when the digest entry is current)."""
+        entry = self._entries.get(path)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino:
+            self._entries[path] = [*entry[:4], info.to_list()]
+            self._dirty = True
+
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
@@ -205,9 +225,16 @@ def sha256_json(value: Any) -> str:
 
 
 def inputs_summary(canon: dict[str, Any]) -> dict[str, Any]:
-    """What the lockfile keeps of the request so a later plan can say *why* it changed."""
+    """What the lockfile keeps of the request so a later plan can say *why* it changed.
+
+    ``images`` digests the originals (a downscaled image's ``@setting`` dropped), so a new
+    ``max_side`` shows as ``max_side``, not also as changed images.
+    """
     summary = {k: v for k, v in canon.items() if k not in ("images", "image_urls")}
-    summary["images"] = sha256_json(canon.get("images", canon.get("image_urls", [])))
+    if "images" in canon:
+        summary["images"] = sha256_json([d.split("@", 1)[0] for d in canon["images"]])
+    else:
+        summary["images"] = sha256_json(canon.get("image_urls", []))
     return summary
 
 
@@ -216,6 +243,35 @@ class Fingerprinted:
     job: Job
     fingerprint: str
     inputs: dict[str, Any]
+    # The images sent downscaled (``upload.max_side``): path text -> (digest, header facts).
+    resize: dict[str, tuple[str, ImageInfo]] = field(default_factory=dict)
+
+
+def upload_setting(job: Job) -> Setting | None:
+    return Setting(job.max_side, job.jpeg_quality) if job.max_side and job.images else None
+
+
+def image_infos(
+    jobs: Iterable[Job], cache: DigestCache, stats: Mapping[str, os.stat_result] | None = None
+) -> dict[str, ImageInfo]:
+    """Header facts of every image of the jobs with ``max_side``: cached by stat, else read
+    from the header (no pixels). Call after ``digest_files``, which made the entries."""
+    out: dict[str, ImageInfo] = {}
+    known = stats or {}
+    for job in jobs:
+        if upload_setting(job) is None:
+            continue
+        for path in job.images:
+            text = str(path)
+            if text in out:
+                continue
+            st = known.get(text) or os.stat(text)
+            info = cache.info(text, st)
+            if info is None:
+                info = read_info(path)
+                cache.put_info(text, st, info)
+            out[text] = info
+    return out
 
 
 def fingerprint_jobs(
@@ -234,8 +290,19 @@ def fingerprint_jobs(
         check=check,
         stats=stats,
     )
+    infos = image_infos(jobs, cache, stats)
     out = []
     for job in jobs:
-        canon = canonical_request(job, digests)
-        out.append(Fingerprinted(job, sha256_json(canon), inputs_summary(canon)))
+        setting = upload_setting(job)
+        resize: dict[str, tuple[str, ImageInfo]] = {}
+        sent: dict[str, str] | None = None
+        if setting is not None:
+            sent = {}
+            for path in job.images:
+                text = str(path)
+                sent[text] = sent_id(digests[text], infos[text], setting)
+                if sent[text] != digests[text]:
+                    resize[text] = (digests[text], infos[text])
+        canon = canonical_request(job, digests, sent)
+        out.append(Fingerprinted(job, sha256_json(canon), inputs_summary(canon), resize))
     return out

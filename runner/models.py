@@ -27,6 +27,9 @@ class ApiSettings:
     poll_interval: float = 10.0  # seconds
     job_timeout: float = 7200.0  # seconds
     max_submissions: int | None = None
+    # The service's request size limit in MB (MiB, as the sandbox's --max-upload-mb
+    # counts): validate, plan and apply refuse a job whose request would be larger.
+    max_upload_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,15 @@ class Job:
     webhook_url: str | None = None
     webhook_source: str | None = None
     line: int = 0
+    # Where the job is in the manifest (for messages found after loading): its column and
+    # key path (``jobs[3]``).
+    col: int = 0
+    path: str = ""
+    # ``upload.max_side``: images whose longer side is larger are downscaled before upload
+    # (``runner.resize``); None sends every image as it is. ``jpeg_quality`` is the
+    # quality those downscaled JPEG and WebP images are written at.
+    max_side: int | None = None
+    jpeg_quality: int = 95
 
     @property
     def is_kontext(self) -> bool:

@@ -49,7 +49,7 @@ SUBMITTING_ACTIONS = frozenset({"create", "replace", "retry"})
 # What --detailed-exitcode calls "changes": anything apply would do, or that needs a person.
 CHANGE_ACTIONS = frozenset({"create", "replace", "resume", "retry", "blocked"})
 PRUNE_REASON = "dropped from the lockfile by --prune"
-REASON_FIELDS = ("option", "finetune_type", "lora_prefix", "num_iterations", "prompt", "images")
+REASON_FIELDS = ("option", "finetune_type", "lora_prefix", "num_iterations", "prompt", "max_side", "jpeg_quality", "images")
 
 
 @dataclass(frozen=True)

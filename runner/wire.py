@@ -96,9 +96,16 @@ def shape(job: Job) -> Shape:
     return (job.option, sent_finetune_type(job), image_count(job), job.num_iterations)
 
 
-def canonical_request(job: Job, digests: Mapping[str, str]) -> dict[str, Any]:
+def canonical_request(
+    job: Job, digests: Mapping[str, str], sent: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The parts of a job's request that decide what gets trained, in a stable shape
-    (hashed into the fingerprint). ``webhook_url`` only says where to report: left out."""
+    (hashed into the fingerprint). ``webhook_url`` only says where to report: left out.
+
+    ``sent``: with ``upload.max_side``, each image as it is sent (``resize.sent_id``: the
+    digest, with the setting when downscaled). Only when some image is downscaled does the
+    request gain ``max_side`` (and ``jpeg_quality``, when a downscaled image is lossy), so
+    a job whose images all fit keeps the fingerprint it had without the setting."""
     canon: dict[str, Any] = {
         "option": job.option,
         "lora_prefix": job.lora_prefix,
@@ -111,7 +118,13 @@ def canonical_request(job: Job, digests: Mapping[str, str]) -> dict[str, Any]:
     if finetune_type is not None:
         canon["finetune_type"] = finetune_type
     if job.images:
-        canon["images"] = [digests[str(p)] for p in job.images]
+        shown = sent if sent is not None else digests
+        canon["images"] = [shown[str(p)] for p in job.images]
+        changed = [d for d in canon["images"] if "@" in d]
+        if changed:
+            canon["max_side"] = job.max_side
+            if any(d.endswith(f"q{job.jpeg_quality}") for d in changed):
+                canon["jpeg_quality"] = job.jpeg_quality
     else:
         canon["image_urls"] = list(job.image_urls)
     return canon

@@ -124,6 +124,29 @@ def fingerprint(
     return fps
 
 
+def check_uploads(manifest: Manifest, display: str, plan: Plan) -> None:
+    """Refuse (exit 1, nothing sent) a job apply would submit whose request is larger than
+    ``api.max_upload_mb``; jobs left as they are cost nothing (a no-op plan reads no image)."""
+    if manifest.api.max_upload_mb is None:
+        return
+    from runner.plan import SUBMITTING_ACTIONS
+    from runner.resize import ResizeCache
+    from runner.upload import upload_problems
+
+    sent = [c.job for c in plan.changes if c.job is not None and c.action in {*SUBMITTING_ACTIONS, "blocked"}]
+    if not sent:
+        return
+    cache = ResizeCache.for_manifest(manifest.folder)
+    try:
+        problems = upload_problems(manifest, display, sent, cache)
+    except OSError as exc:
+        raise InputError(f"{display}: cannot downscale an image to size the upload: {exc}") from exc
+    finally:
+        cache.close()
+    if problems:
+        raise InputError(problems)
+
+
 class _BadImage(Exception):
     """An image failed its decode check while being fingerprinted."""
 
@@ -160,4 +183,5 @@ def prepare(
             state = read_lockfile(lockfile)
         jobs = fingerprint(manifest, stats, manifest_path)
         plan = make_plan(manifest_path, jobs, state.entries, targets, api=api)
+    check_uploads(manifest, manifest_path, plan)
     return Prepared(manifest, manifest_path, lockfile, state, jobs, plan, tuple(targets), api)

@@ -38,6 +38,10 @@ def _defaults() -> dict[str, Any]:
                 if f.name in DURATIONS and isinstance(value, float):
                     value = _duration(value)
                 out[prefix + f.name] = value
+    # Job.jpeg_quality is written as upload.jpeg_quality in a manifest.
+    for prefix in ("defaults.", "jobs[]."):
+        out[prefix + "upload.jpeg_quality"] = Job.jpeg_quality
+    out.pop("jobs[].upload.jpeg_quality")  # a job's keys show no default, as the others
     return out
 
 
@@ -63,6 +67,8 @@ def _type(node: dict[str, Any]) -> str:
             return "duration"
         return " or ".join(dict.fromkeys(kinds))
     kind = node.get("type", "any")
+    if isinstance(kind, list):
+        kind = " or ".join(kind)
     if kind == "array":
         items = node.get("items", {})
         if "pattern" in items and "x-error" not in items:
@@ -73,6 +79,8 @@ def _type(node: dict[str, Any]) -> str:
         limits.append(f"≥ {node['minimum']}")
     if "exclusiveMinimum" in node:
         limits.append(f"> {node['exclusiveMinimum']}")
+    if "maximum" in node:
+        limits.append(f"≤ {node['maximum']}")
     if "pattern" in node and kind == "string" and "x-error" not in node:
         limits.append(f"`{node['pattern']}`")
     return f"{kind} {' '.join(limits)}".strip()
@@ -99,10 +107,14 @@ def _rows(schema: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         add(section, props[section], section in required_top)
         for name, node in props[section]["properties"].items():
             add(f"{section}.{name}", node, False)
+            for sub, sub_node in node.get("properties", {}).items():
+                add(f"{section}.{name}.{sub}", sub_node, False)
     add("jobs", props["jobs"], "jobs" in required_top)
     job = schema["$defs"]["job"]
     for name, node in job["properties"].items():
         add(f"jobs[].{name}", node, name in job.get("required", []))
+        for sub, sub_node in node.get("properties", {}).items():
+            add(f"jobs[].{name}.{sub}", sub_node, False)
         if name == "pairs":
             listed, folders = node["anyOf"]
             for sub, sub_node in listed["items"]["properties"].items():

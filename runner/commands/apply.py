@@ -283,7 +283,16 @@ async def _run_online(
 
     bucket = TokenBucket(manifest.api.requests_per_second, manifest.api.burst)
     api = "sandbox" if conn.embedded else api_identity(conn.url)
-    async with ApiClient(conn.url, conn.api_key, bucket, trace=trace) as client:
-        if is_loopback_identity(api) and await client.is_sandbox():
-            api = "sandbox"
-        return await Applier(plan, session, client, manifest.api, options, reporter, api=api).run()
+    from runner.resize import ResizeCache
+    from runner.upload import Preparer
+
+    cache = ResizeCache.for_manifest(manifest.folder)
+    preparer = Preparer(cache, manifest.api.max_uploads)
+    try:
+        async with ApiClient(conn.url, conn.api_key, bucket, trace=trace) as client:
+            if is_loopback_identity(api) and await client.is_sandbox():
+                api = "sandbox"
+            applier = Applier(plan, session, client, manifest.api, options, reporter, api=api, preparer=preparer)
+            return await applier.run()
+    finally:
+        cache.close()

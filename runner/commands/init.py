@@ -33,6 +33,7 @@ NAME_MAX = 100
 SKIPPED_SHOWN = 5  # per job; then "and N more"
 # A placeholder ``runner validate`` refuses (checks.is_placeholder_prompt) until it is edited.
 KONTEXT_PROMPT = f"{PLACEHOLDER_MARK} {OLD_PLACEHOLDER}"
+SUGGESTED_MAX_SIDE = 1536  # upload.max_side init writes when it finds larger images
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix not in (".yaml", ".yml"):
         raise UsageError(f"{out}: a manifest's name must end in .yaml or .yml")
     found = discover([Path(d) for d in args.dirs])
-    text = render_manifest(found, out)
+    large = largest_side(found) > SUGGESTED_MAX_SIDE
+    text = render_manifest(found, out, max_side=SUGGESTED_MAX_SIDE if large else None)
     _write_checked(out, text)
     kontext = sum(f.kontext for f in found)
     print(f"wrote {out} ({len(found)} job{'s' if len(found) != 1 else ''})", file=sys.stderr)
@@ -70,8 +72,34 @@ def run(args: argparse.Namespace) -> int:
             f"(the {PLACEHOLDER_MARK} placeholder fails validate until then)",
             file=sys.stderr,
         )
+    if large:
+        print(
+            f"note: some images are larger than {SUGGESTED_MAX_SIDE} px: upload.max_side "
+            f"{SUGGESTED_MAX_SIDE} sends them downscaled (trainers work at about 1 megapixel)",
+            file=sys.stderr,
+        )
     print(f"next: runner validate {out} && runner plan {out}", file=sys.stderr)
     return 0
+
+
+def largest_side(found: list[Found]) -> int:
+    """The longest image side in the jobs' folders, from each header (no pixels decoded)."""
+    from runner.resize import read_info
+
+    longest = 0
+    for item in found:
+        folders = [item.folder / "start", item.folder / "end"] if item.kontext else [item.folder]
+        for folder in folders:
+            try:
+                paths = sorted(p for p in folder.iterdir() if _is_image(p))
+            except OSError:
+                continue
+            for path in paths:
+                try:
+                    longest = max(longest, read_info(path).longer)
+                except OSError:
+                    continue  # validate reports it at its place
+    return longest
 
 
 def _is_image(path: Path) -> bool:
@@ -187,8 +215,10 @@ def job_names(found: list[Found]) -> list[str]:
     return [_unique(job_name(item.folder.resolve().name), names, NAME_MAX, "-") for item in found]
 
 
-def render_manifest(found: list[Found], out: Path) -> str:
-    """The manifest text: commented so a newcomer can read what each part means."""
+def render_manifest(found: list[Found], out: Path, *, max_side: int | None = None) -> str:
+    """The manifest text: commented so a newcomer can read what each part means.
+
+    ``max_side``: the folders hold images larger than that, so ``upload.max_side`` is set."""
     base = Path(os.path.abspath(out)).parent
     prefixes: set[str] = set()
     lines = [
@@ -207,6 +237,13 @@ def render_manifest(found: list[Found], out: Path) -> str:
         "  option: FluxFinetune",
         "  finetune_type: Auto",
         "  num_iterations: 0          # 0 = let the service choose",
+    ]
+    if max_side is not None:
+        lines += [
+            "  upload:",
+            f"    max_side: {max_side}           # larger photos are sent downscaled (trainers work at ~1 MP)",
+        ]
+    lines += [
         "",
         "jobs:",
     ]

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from runner import logsetup
-from runner.diagnostics import Diagnostic
+from runner.diagnostics import Diagnostic, sort_diagnostics
 from runner.errors import EXIT_INPUT, EXIT_OK
 from runner.manifest import load_manifest
 from runner.manifests import expand_manifests
+from runner.models import Manifest
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     lines: list[str] = []
     for name in expand_manifests(args.manifests):
         manifest, diags = load_manifest(Path(name))
+        if manifest is not None and manifest.api.max_upload_mb is not None:
+            diags = sort_diagnostics([*diags, *_upload_problems(manifest, name)])
         if args.strict:
             diags = [
                 Diagnostic(d.file, d.line, d.col, d.path, d.message, "error") for d in diags
@@ -74,6 +77,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(logsetup.guard("\n".join(lines)) + "\n")
     sys.stdout.flush()
     return EXIT_OK if all_valid else EXIT_INPUT
+
+
+def _upload_problems(manifest: Manifest, name: str) -> list[Diagnostic]:
+    """Jobs whose request would exceed ``api.max_upload_mb`` (``runner.upload``); an image
+    that cannot be downscaled is an error too, at its job."""
+    from runner.upload import validate_uploads
+
+    try:
+        return validate_uploads(manifest, name)
+    except OSError as exc:
+        return [Diagnostic(name, 0, 0, "", f"cannot downscale an image to size the upload: {exc}")]
 
 
 def _plural(n: int, word: str) -> str:

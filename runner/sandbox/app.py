@@ -10,8 +10,10 @@ uvicorn's own ``send``, which Starlette middleware would only see wrapped.
 Extra routes, outside the OpenAPI document:
 
 - ``GET /_sandbox/ledger`` (same ``X-Api-Key``): ``{"credits_charged", "trainings",
-  "posts", "replays", "balance", "duplicate_trainings", "status_checks"}`` for that key, so
-  tests can prove "no double charge" and count the polls a client spent.
+  "posts", "replays", "balance", "stored_bytes", "duplicate_trainings", "status_checks",
+  "largest_image_side"}`` for that key, so tests can prove "no double charge", count the
+  polls a client spent, and see what its uploads really were (the bytes of the images its
+  trainings kept; the longest image side it sent since start-up).
 - ``GET /_sandbox/files/{asset_id}/{name}``: the sample PNGs (no key, like a CDN URL).
 - ``GET /_sandbox/health``: ``{"ok": true}``, no key.
 """
@@ -44,6 +46,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from runner.sandbox import dialects, training
+from runner.sandbox.bandwidth import Link
 from runner.sandbox.config import POST_ONLY_FAULTS, SandboxConfig
 from runner.sandbox.faults import STATUS_KINDS, FaultInjector, RateLimiter
 from runner.sandbox.store import InsufficientCredit, Quota, QuotaExceeded, Store
@@ -235,6 +238,11 @@ class Sandbox:
         # Status answers per account since start-up (not persisted: a diagnostic, so tests
         # and benchmarks can count how many polls a client spent).
         self.status_checks: dict[str, int] = {}
+        # --bandwidth-mbps: one link shared by every request body.
+        self.link = Link(config.bandwidth_mbps) if config.bandwidth_mbps else None
+        # The longest image side each account uploaded since start-up (a diagnostic, so
+        # tests and benchmarks can see what a client's downscaling really sent).
+        self.largest_side: dict[str, int] = {}
 
     def close(self) -> None:
         if not self._closed:
@@ -305,6 +313,8 @@ class Sandbox:
                 await _message(413, UploadTooLarge(limit).detail)(scope, receive, send)
                 return
             receive = self._capped(receive, limit)
+            if self.link is not None:
+                receive = self.link.throttled(receive)
         fault = self.faults.draw(is_post=is_post)
         if fault in STATUS_KINDS:
             await self._drain(receive)
@@ -444,9 +454,12 @@ def _guarded(path: str) -> bool:
 # -- request checks ---------------------------------------------------------------------
 
 
-def _inspect_uploads(files: list[UploadFile]) -> list[tuple[str, str, int]]:
+def _inspect_uploads(
+    files: list[UploadFile], sides: list[int] | None = None
+) -> list[tuple[str, str, int]]:
     """(sha256, image format, size in bytes) for each upload, read from the spooled parts in
-    chunks; runs in a worker thread. Raises ClientMessage(400) for empty or non-image files."""
+    chunks; runs in a worker thread. Raises ClientMessage(400) for empty or non-image files.
+    ``sides`` receives each image's longer side in pixels (from its header)."""
     from PIL import Image
 
     out = []
@@ -464,6 +477,8 @@ def _inspect_uploads(files: list[UploadFile]) -> list[tuple[str, str, int]]:
         try:
             with Image.open(upload.file) as im:
                 fmt = (im.format or "").lower()
+                if sides is not None:
+                    sides.append(max(im.size))
         except Exception:
             raise ClientMessage(
                 400, f"image_files[{index}] ({name!r}) is not an image the sandbox can read"
@@ -717,7 +732,10 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
         _check_kontext(option, prompt, count)
         idem = request.headers.get("idempotency-key") if sandbox.config.idempotency else None
         _check_idempotency_key(idem)
-        inspected = await run_in_threadpool(_inspect_uploads, files) if files else []
+        sides: list[int] = []
+        inspected = await run_in_threadpool(_inspect_uploads, files, sides) if files else []
+        if sides:
+            sandbox.largest_side[account] = max(sandbox.largest_side.get(account, 0), *sides)
         args: dict[str, Any] = {
             "option": option,
             "finetune_type": finetune_type if option != KONTEXT else None,
@@ -808,7 +826,11 @@ def create_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time)
     @app.get("/_sandbox/ledger", include_in_schema=False)
     async def sandbox_ledger(request: Request) -> dict[str, Any]:
         account: str = request.scope["state"]["sandbox_account"]
-        return {**sandbox.store.ledger(account), "status_checks": sandbox.status_checks.get(account, 0)}
+        return {
+            **sandbox.store.ledger(account),
+            "status_checks": sandbox.status_checks.get(account, 0),
+            "largest_image_side": sandbox.largest_side.get(account, 0),
+        }
 
     @app.get("/_sandbox/health", include_in_schema=False)
     async def sandbox_health() -> dict[str, Any]:

@@ -52,6 +52,9 @@ class SandboxConfig:
     api_keys: tuple[str, ...] = ()
     allow_external_webhooks: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # Request bodies are read no faster than this many megabits per second, over all
+    # requests (``runner.sandbox.bandwidth``); None: as fast as they come.
+    bandwidth_mbps: float | None = None
     seed: int | None = None
     # False mimics the real service, which has no idempotency keys: the header is ignored
     # and never echoed, so clients must treat a lost POST answer as uncertain.
@@ -101,6 +104,8 @@ class SandboxConfig:
             out.append("--api-key values must be non-empty and have no surrounding spaces")
         if not isinstance(self.max_upload_bytes, int) or self.max_upload_bytes < 1:
             out.append(f"--max-upload-mb must be > 0, not {self.max_upload_bytes!r}")
+        if self.bandwidth_mbps is not None and (not finite(self.bandwidth_mbps) or self.bandwidth_mbps <= 0):
+            out.append(f"--bandwidth-mbps must be a number > 0, not {self.bandwidth_mbps!r}")
         if self.max_trainings_per_key is not None and (
             not isinstance(self.max_trainings_per_key, int) or self.max_trainings_per_key < 1
         ):

@@ -198,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         api_keys=tuple(args.api_key or ()),
         allow_external_webhooks=bool(args.allow_external_webhooks),
         max_upload_bytes=int(max_mb * 1024 * 1024),
+        bandwidth_mbps=getattr(args, "bandwidth_mbps", None),
         seed=getattr(args, "seed", None),
         idempotency=not getattr(args, "no_idempotency", False),
         dialect=getattr(args, "dialect", None) or "envelope",

@@ -251,7 +251,7 @@ class Store:
     def ledger(self, account: str) -> dict[str, Any]:
         with self._lock:
             row = self._db.execute(
-                "SELECT credits_charged, trainings, posts, replays, balance FROM accounts"
+                "SELECT credits_charged, trainings, posts, replays, balance, stored_bytes FROM accounts"
                 " WHERE id = ?",
                 (account,),
             ).fetchone()
@@ -263,7 +263,7 @@ class Store:
             )
         if row is None:
             return {"credits_charged": 0, "trainings": 0, "posts": 0, "replays": 0, "balance": None,
-                    "duplicate_trainings": 0}
+                    "stored_bytes": 0, "duplicate_trainings": 0}
         return {**dict(row), "duplicate_trainings": _duplicates(inputs)}
 
     # -- assets ---------------------------------------------------------------------

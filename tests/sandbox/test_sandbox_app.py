@@ -232,7 +232,10 @@ async def test_credits_run_out_with_402(asgi: Callable[..., httpx.AsyncClient]) 
             "balance": 0,
             "duplicate_trainings": 1,  # the same request (images, fields) trained twice
             "status_checks": 0,
+            "stored_bytes": ledger["stored_bytes"],
+            "largest_image_side": 48,  # sandbox_support's images
         }
+        assert ledger["stored_bytes"] > 0
         assert (await post(client, headers={"X-Api-Key": OTHER_KEY})).status_code == 200
 
 

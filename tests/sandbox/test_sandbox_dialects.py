@@ -330,6 +330,8 @@ async def test_gateway_timeout_charges_once_and_a_replay_gets_the_stored_200(
             "balance": None,
             "duplicate_trainings": 0,
             "status_checks": 1,
+            "stored_bytes": sum(len(p[1][1]) for p in parts),
+            "largest_image_side": 48,
         }
 
 
