@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from runner import __version__
 from runner.errors import EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, RunnerError, UsageError
@@ -115,10 +118,10 @@ def fill_default_manifest(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_options(common, suppress=True)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="runner",
         description="Turn committed YAML manifests into trained LoRA models, the way terraform applies.",
         epilog=(
@@ -397,11 +400,74 @@ def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised (not printed), so that under JSON logs it is a
+    JSON line like every other error; subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageProblem(self, message)
+
+
+class _UsageProblem(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    """Whether the logs of this invocation are JSON, read before its arguments are parsed."""
+    from runner.logsetup import resolve_format
+
+    fmt = "auto"
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            fmt = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            fmt = arg.split("=", 1)[1]
+    return fmt in ("auto", "json") and resolve_format(fmt, sys.stderr) == "json"
+
+
+def _error(
+    message: str, code: int, *, json_logs: bool | None = None, prefix: str = "error: ", detail: str = ""
+) -> int:
+    """An error that ends the command: ``error: ...`` on a terminal; under JSON logs (DESIGN
+    section 2) one JSON object per line of the message (a plan's validation errors are one
+    event each), level ``error``, with ``exit_code``, and ``detail`` (a traceback) as
+    ``exception``. Written here, not through structlog, so it reaches the stderr of now."""
+    from runner import logsetup
+
+    if json_logs is None:
+        json_logs = logsetup.current_format == "json"
+    if not json_logs:
+        text = message + ("\n" + detail if detail else "")
+        if prefix == "error: ":
+            print(logsetup.error_text(text), file=sys.stderr)
+        else:
+            print(logsetup.guard(logsetup.clean_lines(logsetup.redact(prefix + text))), file=sys.stderr)
+        return code
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    lines = [line for line in logsetup.redact(message).split("\n") if line.strip()] or [message]
+    for i, line in enumerate(lines):
+        event: dict[str, object] = {"exit_code": code, "event": line, "level": "error", "timestamp": stamp}
+        if detail and i == len(lines) - 1:
+            event["exception"] = logsetup.redact(detail)
+        print(logsetup.json_safe(json.dumps(event, ensure_ascii=False)), file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: 2 for bad usage; the contract says 1
+    except _UsageProblem as problem:  # argparse says 2 for bad usage; the contract says 1
+        if _json_requested(argv):
+            return _error(f"{problem.parser.prog}: {problem.message}", EXIT_INPUT, json_logs=True)
+        problem.parser.print_usage(sys.stderr)
+        print(f"{problem.parser.prog}: error: {problem.message}", file=sys.stderr)
+        return EXIT_INPUT
+    except SystemExit as exc:  # --help, --version
         code = exc.code if isinstance(exc.code, int) else EXIT_INPUT
         return EXIT_INPUT if code == 2 else code
     if args.command == "output" and args.name is None and args.manifest and not _looks_like_manifest(args.manifest):
@@ -420,19 +486,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(_MODULES[args.command])
         return int(module.run(args))
     except RunnerError as exc:
-        print(logsetup.error_text(str(exc)), file=sys.stderr)
-        return exc.exit_code
+        return _error(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _error("interrupted", EXIT_INTERRUPTED, prefix="")
     except BrokenPipeError:
         return 0
     except Exception:  # a bug: show it, but never with a secret in it
-        print(
-            "internal error (a bug in runner; please report it):\n"
-            + logsetup.redact(traceback.format_exc()),
-            file=sys.stderr,
+        return _error(
+            "internal error (a bug in runner; please report it):",
+            EXIT_BUG,
+            prefix="",
+            detail=traceback.format_exc(),
         )
-        return EXIT_BUG
     finally:
         ALLOW_OUTSIDE_LINKS.reset(links)

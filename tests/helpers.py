@@ -6,6 +6,7 @@ fixtures in ``conftest.py`` are thin wrappers around these.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -124,3 +125,19 @@ async def read_body(receive: Any) -> bytes:
         body += message.get("body", b"")
         if not message.get("more_body"):
             return body
+
+
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    """Every stderr line of a run under JSON logs, parsed; fails on any line that is not one
+    JSON object (DESIGN section 2: errors, too, are JSON lines then)."""
+    events = []
+    for line in stderr.splitlines():
+        doc = json.loads(line)
+        assert isinstance(doc, dict) and "event" in doc, line
+        events.append(doc)
+    return events
+
+
+def error_text(stderr: str) -> str:
+    """The error events of a run under JSON logs, one per line, as a person would read them."""
+    return "\n".join(str(e["event"]) for e in log_events(stderr) if e.get("level") == "error")

@@ -19,7 +19,7 @@ import anyio
 import pytest
 from apply_support import SECRET, ledger, sandbox
 from apply_support import runner as run_cli
-from helpers import make_bomb_png, make_image, truncate
+from helpers import error_text, make_bomb_png, make_image, truncate
 
 from runner.cli import main
 
@@ -36,7 +36,7 @@ def validate(folder: Path, *args: str) -> tuple[int, str]:
             code = main(["--log-format", "json", *args] if args else ["validate", "m.yaml"])
     finally:
         os.chdir(cwd)
-    text = out.getvalue() + err.getvalue()
+    text = out.getvalue() + (error_text(err.getvalue()) if args else err.getvalue())
     assert "Traceback" not in text and "internal error" not in text, text
     return code, text
 

@@ -29,7 +29,7 @@ import anyio
 import httpx
 import pytest
 import yaml
-from helpers import REPO_ROOT, run_runner, write_manifest
+from helpers import REPO_ROOT, error_text, run_runner, write_manifest
 
 from runner.errors import UsageError
 from runner.sandbox.app import create_app
@@ -430,7 +430,7 @@ def test_bad_quota_values_exit_1(tmp_path: Path, flags: list[str]) -> None:
         [sys.executable, "-m", "runner", "sandbox", "serve", "--port", "0", "--state-dir", str(tmp_path / "s"), *flags],
         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=30,
     )  # fmt: skip
-    assert result.returncode == 1 and "error:" in result.stderr and result.stdout == ""
+    assert result.returncode == 1 and error_text(result.stderr) and result.stdout == ""
 
 
 def test_apply_against_a_spent_quota_stops_and_exits_4(tmp_path: Path) -> None:
