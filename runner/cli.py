@@ -72,12 +72,12 @@ DEFAULT_MANIFEST = "runner.yaml"  # what ``runner init`` writes; read when no MA
 
 
 def _command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: argparse._SubParsersAction[_Parser],
     name: str,
     summary: str,
     examples: str,
-    parents: list[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
+    parents: list[_Parser],
+) -> _Parser:
     """A subcommand whose ``--help`` starts with ``summary`` and ends with ``examples``."""
     return sub.add_parser(
         name,
