@@ -122,7 +122,7 @@ class RichReporter:
         head = Text(f" {done}/{self.total} jobs finished · {len(running)} running · {queued} queued")
         eta = self._estimate(time.time())
         if eta is not None:
-            head.append(f" · about {elapsed_text(eta)} left")
+            head.append(f" · about {elapsed_text(eta)} left" if eta >= 1 else " · about to finish")
         if self._beat is not None and self._beat.longest is not None:
             head.append(f" · longest {safe(self._beat.longest)} {elapsed_text(self._beat.longest_seconds)}")
         table = Table(box=None, show_header=False, padding=(0, 1))
