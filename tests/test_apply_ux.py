@@ -169,9 +169,14 @@ def test_ctrl_c_says_what_is_saved_still_training_and_how_to_resume(tmp_path: Pa
 # ----- at a terminal -------------------------------------------------------------------------
 
 
-def at_terminal(args: list[str], cwd: Path, answer: str | None = None, timeout: float = 90) -> tuple[int, str]:
+def at_terminal(
+    args: list[str], cwd: Path, answer: str | None = None, timeout: float = 90,
+    interrupt_when: str | None = None,
+) -> tuple[int, str]:
     """``runner ARGS`` with stdin, stdout and stderr on a pseudo-terminal; ``answer`` typed
-    at the ``yes`` question. Returns the exit code and the screen's text (escapes removed)."""
+    at the ``yes`` question; Ctrl-C (SIGINT to the process group, as a terminal sends it)
+    once the screen matches the regular expression ``interrupt_when``. Returns the exit
+    code and the screen's text (escapes removed)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "NO_COLOR")}
     env.update(VIMMERSE_API_KEY=SECRET, TERM="xterm-256color", COLUMNS="140", LINES="50")
     master, slave = pty.openpty()
@@ -197,6 +202,9 @@ def at_terminal(args: list[str], cwd: Path, answer: str | None = None, timeout: 
                 if answer is not None and not asked and b"Enter a value:" in screen:
                     os.write(master, answer.encode() + b"\r")
                     asked = True
+                if interrupt_when and re.search(interrupt_when, ANSI.sub("", screen.decode(errors="replace"))):
+                    os.killpg(proc.pid, signal.SIGINT)
+                    interrupt_when = None
             elif proc.poll() is not None:
                 break
         else:
@@ -277,3 +285,27 @@ def test_terminal_view_estimates_the_time_left_once_a_shape_has_ended(tmp_path: 
     estimates = [int(s) for s in re.findall(r"about (\d+)s left", screen)]
     assert estimates, screen
     assert all(e <= 4 for e in estimates), estimates  # at most two trainings of ~1.5 s remain
+
+
+def test_terminal_ctrl_c_then_a_resumed_apply(tmp_path: Path) -> None:
+    """Issue 13, items 3 and 4, on a real terminal: Ctrl-C while both jobs train says what
+    was saved, what still trains and how to resume; the resumed apply shows a row for each
+    resumed job and finishes them without a second submission."""
+    with sandbox(tmp_path / "state", train_seconds=3.0) as url:
+        manifest = write_manifest(tmp_path, url, 2)
+        code, screen = at_terminal(
+            ["apply", manifest.name, "--auto-approve"], tmp_path,
+            interrupt_when=r"(?s)job-00[01]\s+create\s+training.*job-00[01]\s+create\s+training",
+        )
+        assert code == 130, screen
+        assert "Traceback" not in screen and "internal error" not in screen
+        assert "Interrupted: every change so far is saved in m.lock.yaml." in screen
+        assert "Still training on the service (paid; they keep running): job-000, job-001" in screen
+        assert "Resume following them (nothing is submitted twice): runner apply m.yaml" in screen
+
+        code, screen = at_terminal(["apply", manifest.name], tmp_path)
+        assert code == 0, screen
+        assert re.search(r"job-000\s+resume\s+training", screen) and re.search(r"job-001\s+resume\s+training", screen)
+        assert re.search(r"job-000\s+│?\s*resume\s+│?\s*succeeded", screen), screen  # the summary table
+        assert "Apply: 2 succeeded" in screen and "Do you want" not in screen  # nothing new to pay for
+        assert ledger(url)["trainings"] == 2 and ledger(url)["duplicate_trainings"] == 0
