@@ -174,15 +174,16 @@ def downscale(path: Path, setting: Setting) -> tuple[bytes, int, int]:
                 if fmt == "JPEG":
                     # The largest scaled decode that still has the pixels the result needs.
                     opened.draft(opened.mode if opened.mode in ("RGB", "L", "CMYK") else "RGB", (new_w, new_h))
-                image = ImageOps.exif_transpose(opened)
-                image.load()
+                opened.load()
+                # In place: a second full-size copy would double the peak memory.
+                ImageOps.exif_transpose(opened, in_place=True)
+                image = _resizable(opened, fmt)
+                # exif_transpose swapped the sides when the photo stands upright.
+                out_w, out_h = target_size(image.size[0], image.size[1], setting.max_side)
+                smaller = image.resize((out_w, out_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
+                del image
         except (SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:
             raise OSError(f"cannot decode the image to downscale it: {exc}") from exc
-    image = _resizable(image, fmt)
-    # exif_transpose swapped the sides when the photo stands upright.
-    out_w, out_h = target_size(image.size[0], image.size[1], setting.max_side)
-    smaller = image.resize((out_w, out_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    del image
     smaller.info.clear()  # no EXIF, XMP, comments or text chunks travel on
     options: dict[str, Any] = {}
     if icc:
