@@ -23,9 +23,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from runner import images as imagefiles
-from runner import wire
 from runner.diagnostics import Diagnostic, Severity, format_path
-from runner.models import FINETUNE_TYPES, KONTEXT, OPTIONS, ApiSettings, Job
+from runner.models import (
+    FINETUNE_TYPES,
+    KONTEXT,
+    OPTIONS,
+    ApiSettings,
+    Job,
+    uses_finetune_type,
+    uses_prompt,
+)
 from runner.yamlload import Document, PathPart
 
 if TYPE_CHECKING:
@@ -298,14 +305,14 @@ class Checker:
                 "pairs are only for FluxKontextFinetune jobs; set option: FluxKontextFinetune",
                 at_key=True,
             )
-        if not wire.uses_finetune_type(option) and "finetune_type" in job:
+        if not uses_finetune_type(option) and "finetune_type" in job:
             self.report(
                 (*here, "finetune_type"),
                 "finetune_type is ignored for FluxKontextFinetune jobs",
                 severity="warning",
                 at_key=True,
             )
-        if not wire.uses_prompt(option) and "prompt" in job and option in OPTIONS:
+        if not uses_prompt(option) and "prompt" in job and option in OPTIONS:
             self.report(
                 (*here, "prompt"),
                 f"prompt is only used by FluxKontextFinetune jobs; ignored for {option}",

@@ -16,6 +16,17 @@ FINETUNE_TYPES = ("Auto", "Character", "Product", "Style")
 KONTEXT = "FluxKontextFinetune"
 
 
+def uses_finetune_type(option: str) -> bool:
+    """Kontext ignores finetune_type (the API's own words), so it is neither sent nor
+    part of the fingerprint: changing it must not retrain anything."""
+    return option != KONTEXT
+
+
+def uses_prompt(option: str) -> bool:
+    """The prompt is read only for Kontext; for other options it is ignored, likewise."""
+    return option == KONTEXT
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     endpoint: str = "sandbox"

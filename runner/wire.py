@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from runner.models import KONTEXT, Job
+from runner.models import KONTEXT, Job, uses_finetune_type, uses_prompt
 
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # larger answers are unreadable: read no further
 KEEP_ANSWER_CHARS = 16 * 1024  # what the lockfile keeps of an answer we could not read
@@ -58,17 +58,6 @@ RUNNING_WORDS = frozenset(
 STATUS_FIELDS = ("status", "processing_status", "state")
 
 # ----- the request ---------------------------------------------------------------------
-
-
-def uses_finetune_type(option: str) -> bool:
-    """Kontext ignores finetune_type (the API's own words), so it is neither sent nor
-    part of the fingerprint: changing it must not retrain anything."""
-    return option != KONTEXT
-
-
-def uses_prompt(option: str) -> bool:
-    """The prompt is read only for Kontext; for other options it is ignored, likewise."""
-    return option == KONTEXT
 
 
 def sent_finetune_type(job: Job) -> str | None:
