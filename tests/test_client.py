@@ -250,24 +250,25 @@ def test_url_only_jobs_are_sent_as_multipart() -> None:
     assert body.count(b'name="image_urls"') == 2 and b"https://e/b.jpg" in body
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("url", "words"),
     [
-        (f"http://127.0.0.1:{_closed_port()}", "refused the connection"),
+        ("closed-port", "refused the connection"),
         ("https://runner-test.invalid", "cannot resolve the host name runner-test.invalid"),
     ],
 )
 def test_reach_names_the_host_and_the_cause(url: str, words: str) -> None:
     """An endpoint that cannot be reached is one Unreachable naming host and cause, fast."""
+    import socket
     import time
+
+    # A port bound but not listening refuses connections; held for the whole test, so no
+    # other test (or xdist worker) can start a server on it meanwhile. Chosen here, not at
+    # collection: every xdist worker must collect the same test ids.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    if url == "closed-port":
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
 
     async def main() -> None:
         async with ApiClient(url, "k-123", TokenBucket(None)) as client:
@@ -276,5 +277,6 @@ def test_reach_names_the_host_and_the_cause(url: str, words: str) -> None:
     started = time.monotonic()
     with pytest.raises(Unreachable) as info:
         anyio.run(main)
+    closed.close()
     assert words in info.value.message and "k-123" not in info.value.message
     assert time.monotonic() - started < 10

@@ -4,9 +4,11 @@ closed port and against a refused key)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,14 @@ def by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in doc["checks"]}
 
 
-def closed_port() -> int:
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound, never listening, and held until the
+    block ends, so no other test (or xdist worker) can start a server on it meanwhile."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
-    return port
+        yield port
 
 
 def test_embedded_sandbox_passes_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -73,10 +78,10 @@ def test_served_sandbox_passes_and_tells_whether_keys_are_echoed(tmp_path: Path,
 
 def test_closed_port_fails_naming_host_and_refused(tmp_path: Path) -> None:
     """Nothing listens: exit 1 within seconds, the connection check naming host and cause."""
-    port = closed_port()
-    started = time.monotonic()
-    result = runner("doctor", "--endpoint", f"http://127.0.0.1:{port}", cwd=tmp_path)
-    elapsed = time.monotonic() - started
+    with closed_port() as port:
+        started = time.monotonic()
+        result = runner("doctor", "--endpoint", f"http://127.0.0.1:{port}", cwd=tmp_path)
+        elapsed = time.monotonic() - started
     assert result.code == 1, result.stdout + result.stderr
     assert elapsed < 15, elapsed
     line = next(line for line in result.stdout.splitlines() if "  connection  " in line)

@@ -195,13 +195,15 @@ def test_a_status_that_becomes_readable_is_followed_to_the_end(tmp_path: Path) -
 
 def test_an_unreachable_endpoint_fails_fast_naming_the_host(tmp_path: Path) -> None:
     """20 jobs, nothing listening: exit 1 within 30 s, host and cause named, no job marked."""
+    # Bound, never listening (refused), and held for the run: no other test or xdist worker
+    # can start a server on the port meanwhile.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    write_manifest(tmp_path, f"http://127.0.0.1:{port}", 20, images_per_job=1)
-    started = time.monotonic()
-    result = runner("apply", "m.yaml", cwd=tmp_path)
-    took = time.monotonic() - started
+        write_manifest(tmp_path, f"http://127.0.0.1:{port}", 20, images_per_job=1)
+        started = time.monotonic()
+        result = runner("apply", "m.yaml", cwd=tmp_path)
+        took = time.monotonic() - started
     assert result.code == 1, result.stderr
     assert took < 30, took
     assert f"127.0.0.1:{port}" in result.stderr and "refused" in result.stderr
