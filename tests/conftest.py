@@ -6,6 +6,7 @@ Keep this file to thin fixtures, grouped by the area that uses them.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +25,25 @@ from helpers import DATA, REPO_ROOT, write_manifest  # noqa: E402
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]]
 )
+
+# -- the per-user cache folder ------------------------------------------------------------------
+# runner keeps its sealed caches in a per-user folder (runner/usercache.py): by default
+# ~/.cache/runner, shared by every runner on the machine and pruned to its 256 most recently
+# used manifest folders. The suite must not fill or prune the developer's, nor share one
+# between pytest-xdist workers (one worker's tests would evict another's folders while in
+# use), so each pytest process (the serial run, or each xdist worker) points
+# RUNNER_CACHE_DIR at a private folder of its own (0700, outside any repository), inherited
+# by the runner subprocesses its tests start. Tests of the cache itself set their own.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import tempfile
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    folder = tempfile.mkdtemp(prefix=f"runner-test-cache-{worker}-")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    os.environ["RUNNER_CACHE_DIR"] = folder
+
 
 # -- options -------------------------------------------------------------------------------
 # Here, not in tests/reliability/conftest.py: pytest reads options only from conftests it

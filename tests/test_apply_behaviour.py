@@ -120,7 +120,10 @@ def test_lost_answer_with_echoing_api_is_replayed_without_a_second_charge(tmp_pa
 
 def test_second_apply_on_the_same_lockfile_fails_fast(tmp_path: Path) -> None:
     """While one apply runs, another on the same lockfile exits 1 at once, naming the lock."""
-    with sandbox(tmp_path / "sb", train_seconds=3) as url:
+    # The first apply holds the lock for its 10 s trainings: the second's start-up (seconds
+    # on a machine loaded by parallel test workers) must end well inside that window, or it
+    # would find the first one done and the lock free.
+    with sandbox(tmp_path / "sb", train_seconds=10) as url:
         write_manifest(tmp_path, url, 2)
         env = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
         first = subprocess.Popen([sys.executable, "-m", "runner", "apply", "m.yaml"], cwd=tmp_path, env=env,

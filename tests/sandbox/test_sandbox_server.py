@@ -324,14 +324,21 @@ def test_serve_rejects_bad_values_with_exit_1(tmp_path: Path, flags: list[str]) 
 
 
 def test_keep_alive_answers_are_not_held_by_nagle(live: RunningSandbox) -> None:
-    """Twenty requests on one connection take far less than the 20 x 40 ms a delayed ACK costs."""
+    """Twenty requests on one connection take far less than the 20 x 40 ms a delayed ACK costs.
+
+    The best of three rounds is measured: a delayed ACK costs every round its 0.8 s, while a
+    round slowed by other processes on a loaded machine (parallel test workers) is not the
+    server's doing."""
     with httpx.Client(base_url=live.url, headers=HEADERS, timeout=10) as client:
         client.post("/finetune", files=image_parts(1))
-        started = time.monotonic()
-        for _ in range(10):
-            client.get("/_sandbox/ledger")
-            client.post("/finetune", files=image_parts(1))
-        assert time.monotonic() - started < 0.4
+        rounds = []
+        for _ in range(3):
+            started = time.monotonic()
+            for _ in range(10):
+                client.get("/_sandbox/ledger")
+                client.post("/finetune", files=image_parts(1))
+            rounds.append(time.monotonic() - started)
+        assert min(rounds) < 0.4, rounds
 
 
 def test_error_answers_over_loopback(server: Callable[..., Any]) -> None:
