@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import build_plan_fixture, print_command, write_jobs, write_manifest
 
-from runner import images as imagefiles
-from runner import workspace
-from runner.fingerprint import hash_file
+from runner.engine import pipeline as workspace
 from runner.gcpause import paused_gc
+from runner.manifest import images as imagefiles
+from runner.state.fingerprint import hash_file
 
 
 def reference(paths: list[str]) -> float:
@@ -78,7 +78,7 @@ def runner_cold(folder: Path, *, check: bool = True) -> float:
         if check:
             workspace.fingerprint(manifest, stats)
         else:
-            from runner.fingerprint import DigestCache, fingerprint_jobs
+            from runner.state.fingerprint import DigestCache, fingerprint_jobs
 
             fingerprint_jobs(manifest.jobs, DigestCache(None), stats=stats)
     return time.perf_counter() - started

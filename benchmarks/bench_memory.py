@@ -50,7 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     print_command()
     # The floor: an interpreter that imports what apply imports and does nothing.
-    floor = run_measured([sys.executable, "-c", "import runner.commands.apply, runner.workspace"])
+    floor = run_measured([sys.executable, "-c", "import runner.commands.apply, runner.engine.pipeline"])
     print(f"baseline: importing runner's apply path alone peaks at {floor.maxrss_mb:.0f} MB RSS")
     results = []
     for jobs in (int(x) for x in args.sizes.split(",")):

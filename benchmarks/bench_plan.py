@@ -101,10 +101,10 @@ def main() -> int:
 
 
 def _cache_files(folder: Path) -> list[Path]:
-    """The plan's cache files: in the per-user cache folder (runner.usercache), or in
+    """The plan's cache files: in the per-user cache folder (runner.cache), or in
     ``.runner/`` for runners before it existed."""
     try:
-        from runner.usercache import folder_for
+        from runner.cache import folder_for
     except ImportError:
         return sorted((folder / ".runner").glob("*.json"))
     where = folder_for(folder, create=False)

@@ -88,7 +88,7 @@ def make_photos(folder: Path, jobs: int, images: int) -> list[int]:
 def downscale_cpu(paths: list[Path], max_side: int) -> float:
     """CPU seconds one downscale takes (the median of ``paths``), in this process."""
     sys.path.insert(0, str(REPO))
-    from runner.resize import Setting, downscale
+    from runner.manifest.resize import Setting, downscale
 
     downscale(paths[0], Setting(max_side))  # imports and first-use costs out of the figure
     times = []

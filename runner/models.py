@@ -72,7 +72,7 @@ class Job:
     col: int = 0
     path: str = ""
     # ``upload.max_side``: images whose longer side is larger are downscaled before upload
-    # (``runner.resize``); None sends every image as it is. ``jpeg_quality`` is the
+    # (``runner.manifest.resize``); None sends every image as it is. ``jpeg_quality`` is the
     # quality those downscaled JPEG and WebP images are written at.
     max_side: int | None = None
     jpeg_quality: int = 95

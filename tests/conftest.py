@@ -27,7 +27,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 # -- the per-user cache folder ------------------------------------------------------------------
-# runner keeps its sealed caches in a per-user folder (runner/usercache.py): by default
+# runner keeps its sealed caches in a per-user folder (runner/cache.py): by default
 # ~/.cache/runner, shared by every runner on the machine and pruned to its 256 most recently
 # used manifest folders. The suite must not fill or prune the developer's, nor share one
 # between pytest-xdist workers (one worker's tests would evict another's folders while in

@@ -22,7 +22,7 @@ from apply_support import (
     write_manifest,
 )
 
-from runner.lockfile import read_lockfile
+from runner.state.lockfile import read_lockfile
 
 
 def test_twenty_jobs_then_noop_then_replace_create_orphan_prune(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from helpers import write_manifest
 
+from runner.api.endpoint import accepts, api_identity, inferred_api, target_identity, with_api
 from runner.cli import main
-from runner.endpoint import accepts, api_identity, inferred_api, target_identity, with_api
-from runner.lockfile import LockEntry, LockSession, LockState, journal_path, read_lockfile
 from runner.models import ApiSettings, Manifest
+from runner.state.lockfile import LockEntry, LockSession, LockState, journal_path, read_lockfile
 
 LIVE = "https://api.vimmerse.net"
 FP = "sha256:" + "a" * 64
@@ -231,7 +231,7 @@ def _check_switched(capsys: pytest.CaptureFixture[str], manifest: Path) -> None:
         assert job["diff"] == {"api": {"old": "sandbox", "new": LIVE}}
     from jsonschema import Draft202012Validator
 
-    from runner.schemafiles import load_schema
+    from runner.shipped_schemas import load_schema
 
     Draft202012Validator(load_schema("plan")).validate(doc)
 

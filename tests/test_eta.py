@@ -1,11 +1,11 @@
-"""The live view's remaining-time estimate (runner/eta.py and the terminal reporter)."""
+"""The live view's remaining-time estimate (runner/views/eta.py and the terminal reporter)."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner.eta import Durations, entry_shape, remaining, wall_time
-from runner.lockfile import LockEntry
+from runner.state.lockfile import LockEntry
+from runner.views.eta import Durations, entry_shape, remaining, wall_time
 
 A = ("FluxFinetune", "Auto", 10, 0)
 B = ("FluxFinetune", "Style", 20, 0)
@@ -50,7 +50,7 @@ def test_entry_shape_and_wall_time() -> None:
 
 def test_reporter_estimates_after_a_shape_has_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     """The terminal reporter learns from the events apply sends it, on the wall clock."""
-    from runner import progress
+    from runner.views import progress
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "time", lambda: now[0])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import make_image
 
-from runner.fingerprint import SMALL_FILE, DigestCache, digest_files, hash_file
+from runner.state.fingerprint import SMALL_FILE, DigestCache, digest_files, hash_file
 
 
 def test_small_file_is_checked_from_the_bytes_it_is_hashed_from(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_mixed_sizes_keep_their_order_and_hit_the_cache_next_time(tmp_path: Path
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_the_in_memory_check_agrees_with_the_file_check(tmp_path: Path, fmt: str) -> None:
     """Whole, truncated and garbled small images get the same verdict from bytes as from disk."""
-    from runner.images import check_content, check_file
+    from runner.manifest.images import check_content, check_file
 
     whole = make_image(tmp_path / f"whole.{fmt.lower()}", (40, 30), (9, 99, 199), fmt)
     data = whole.read_bytes()

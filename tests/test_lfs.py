@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers import make_image, run_runner
 
-from runner import lfs
+from runner.manifest import lfs
 
 # What `git lfs` commits in place of an image (git-lfs docs/spec.md): three lines, < 1024 bytes.
 POINTER = (

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from runner.errors import InputError, LockHeldError
-from runner.lockfile import LockEntry, LockfileWriteError, LockSession, journal_path, read_lockfile
+from runner.state.lockfile import (
+    LockEntry,
+    LockfileWriteError,
+    LockSession,
+    journal_path,
+    read_lockfile,
+)
 
 FP = "sha256:" + "c" * 64
 
@@ -121,7 +127,7 @@ def test_failed_rewrite_keeps_old_lockfile_and_journal(tmp_path: Path, monkeypat
 
 def test_flush_leaves_a_parsed_cache_equal_to_parsing_the_file(tmp_path: Path) -> None:
     """The parsed cache written at flush is exactly what parsing the new lockfile yields."""
-    from runner.lockfile import _cache_key, _cached_document, _parse_and_validate
+    from runner.state.lockfile import _cache_key, _cached_document, _parse_and_validate
 
     lock = tmp_path / "m.lock.yaml"
     with LockSession(lock) as s:

@@ -9,7 +9,7 @@ from helpers import make_image, write_manifest
 from structlog.testing import capture_logs
 
 from runner.errors import InputError
-from runner.manifest import expand_string, load_manifest, load_or_raise
+from runner.manifest.read import expand_string, load_manifest, load_or_raise
 from runner.models import ApiSettings
 
 

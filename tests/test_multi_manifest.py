@@ -9,7 +9,7 @@ import pytest
 from helpers import run_runner, write_manifest
 
 from runner.errors import UsageError
-from runner.manifests import expand_manifests, worst
+from runner.manifest.many import expand_manifests, worst
 
 
 def _catalog(tmp_path: Path) -> tuple[Path, Path]:

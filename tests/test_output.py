@@ -10,7 +10,7 @@ from helpers import run_runner
 
 from runner.commands.output import env_name, render
 from runner.errors import UsageError
-from runner.lockfile import LockEntry, LockState
+from runner.state.lockfile import LockEntry, LockState
 
 
 def _lock(tmp_path: Path) -> Path:

@@ -56,8 +56,8 @@ def test_wheel_ships_the_runner_package_and_its_schemas(wheel: Path) -> None:
     assert "runner/__init__.py" in names and "runner/cli.py" in names
     for schema in (REPO_ROOT / "schemas").glob("*.json"):
         assert f"runner/_schemas/{schema.name}" in names, schema.name
-    for template in (REPO_ROOT / "runner" / "templates").iterdir():  # the report page
-        assert f"runner/templates/{template.name}" in names, template.name
+    for template in (REPO_ROOT / "runner" / "views" / "report" / "templates").iterdir():  # the report page
+        assert f"runner/views/report/templates/{template.name}" in names, template.name
     assert not any(n.startswith(("lora_runner/", "tests/")) for n in names)
 
 

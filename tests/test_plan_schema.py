@@ -8,7 +8,7 @@ from pathlib import Path
 from apply_support import runner, write_manifest
 from jsonschema import Draft202012Validator
 
-from runner.schemafiles import load_schema
+from runner.shipped_schemas import load_schema
 
 
 def test_single_and_catalog_plans_match_the_schema(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.api.polling import TrainingTimes, poll_delay
+from runner.api.wire import shape as shape_of
 from runner.models import Job
-from runner.polling import TrainingTimes, poll_delay
-from runner.wire import shape as shape_of
 
 
 def test_poll_delay_backs_off_in_proportion_and_is_capped() -> None:

@@ -6,7 +6,7 @@ import itertools
 
 import anyio
 
-from runner.ratelimit import TokenBucket
+from runner.api.ratelimit import TokenBucket
 
 
 class FakeClock:

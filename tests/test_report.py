@@ -30,10 +30,10 @@ import pytest
 import yaml
 from helpers import make_image, run_runner, write_manifest
 
-from runner.report_cards import Card, Sample, Section, cards_for
-from runner.report_fetch import Fetcher, TooLarge, embed, load_sample
-from runner.report_html import CSP, SCRIPT, STYLE, explain, render_html
-from runner.report_policy import FetchPolicy, normalize_allowed_host, site_of
+from runner.views.report.cards import Card, Sample, Section, cards_for
+from runner.views.report.fetch import Fetcher, TooLarge, embed, load_sample
+from runner.views.report.page import CSP, SCRIPT, STYLE, explain, render_html
+from runner.views.report.policy import FetchPolicy, normalize_allowed_host, site_of
 
 # -- a minimal DevTools client ----------------------------------------------------------------
 
@@ -449,7 +449,7 @@ def test_a_missing_sample_says_why_in_words_a_user_understands(problem: str, hea
 
 def test_cards_show_what_was_trained_and_copy_only_a_usable_word() -> None:
     """lora_prefix, iterations and the Kontext prompt from the entry's inputs; Copy only when it succeeded."""
-    from runner.lockfile import LockEntry
+    from runner.state.lockfile import LockEntry
 
     entries = {
         "a10": LockEntry("sha256:1", "succeeded", trigger_word="CAR_X1", option="FluxKontextFinetune",
@@ -474,7 +474,7 @@ def test_cards_show_what_was_trained_and_copy_only_a_usable_word() -> None:
 
 
 def test_a_job_never_applied_shows_the_manifests_values(tmp_path: Path) -> None:
-    from runner.workspace import load
+    from runner.engine.pipeline import load
 
     manifest = load(str(write_manifest(tmp_path, jobs=[{"name": "new", "lora_prefix": "NEWP", "num_iterations": 50}])))
     (card,) = cards_for("m.yaml", ["new"], {}, {job.name: job for job in manifest.jobs})

@@ -1,4 +1,4 @@
-"""Downscaling (runner.resize) and what it does to fingerprints, on real images and files."""
+"""Downscaling (runner.manifest.resize) and what it does to fingerprints, on real images and files."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms
 
-from runner import usercache
-from runner.fingerprint import DigestCache, fingerprint_jobs
-from runner.models import Job
-from runner.resize import (
+from runner import cache as usercache
+from runner.manifest.resize import (
     ImageInfo,
     ResizeCache,
     Setting,
@@ -22,6 +20,8 @@ from runner.resize import (
     open_verified,
     sent_id,
 )
+from runner.models import Job
+from runner.state.fingerprint import DigestCache, fingerprint_jobs
 
 
 def photo(path: Path, size: tuple[int, int], fmt: str = "JPEG", *, orientation: int | None = None,

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from runner.manifest.loader import loads
+from runner.manifest.schema import validate
 from runner.models import FINETUNE_TYPES, OPTIONS
-from runner.schema import validate
-from runner.schemafiles import SCHEMA_NAMES, load_schema
-from runner.yamlload import loads
+from runner.shipped_schemas import SCHEMA_NAMES, load_schema
 
 
 def _diags(text: str) -> list[tuple[int, int, str, str]]:

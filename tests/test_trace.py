@@ -1,4 +1,4 @@
-"""``--trace-http FILE`` (runner/trace.py): one JSON line per exchange, never the key.
+"""``--trace-http FILE`` (runner/api/trace.py): one JSON line per exchange, never the key.
 
 The transport is tested through httpx.MockTransport (answers no sandbox gives: gzip, a
 cut-off body, a lost connection) and end to end: ``runner apply --trace-http`` against a
@@ -21,11 +21,11 @@ import pytest
 from apply_support import SECRET, image, ledger, lock_doc, runner, sandbox, write_manifest
 
 from runner import logsetup
-from runner.client import ApiClient, RetryPolicy
+from runner.api.client import ApiClient, RetryPolicy
+from runner.api.ratelimit import TokenBucket
+from runner.api.trace import MAX_BODY, TraceTransport
 from runner.errors import UsageError
 from runner.models import KONTEXT, Job
-from runner.ratelimit import TokenBucket
-from runner.trace import MAX_BODY, TraceTransport
 
 KEY = "sk-trace-Vq81ZmN0"
 FAST = RetryPolicy(attempts=2, timeout=5, wait_initial=0.01, wait_max=0.02, wait_jitter=0.0)

@@ -121,9 +121,9 @@ def test_changing_max_side_plans_a_replace_and_an_unchanged_one_a_noop(
     """After an apply with max_side 1024 the plan is a no-op; 768 plans a replace whose
     reason is max_side; a max_side larger than every photo sends them as they are, so it
     is the fingerprint of a job without the key (old lock entries stay noop)."""
-    from runner import usercache
-    from runner.render import plan_json
-    from runner.workspace import prepare
+    from runner import cache as usercache
+    from runner.engine.pipeline import prepare
+    from runner.views.render import plan_json
 
     shutil.copytree(photos, tmp_path / "photos", ignore=shutil.ignore_patterns("p1*", "p2*", "p3*"))
     monkeypatch.chdir(tmp_path)

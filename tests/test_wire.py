@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import wire
+from runner.api import wire
 from runner.models import Job
 
 

@@ -1,6 +1,6 @@
-"""Traced answers replayed through the reading module (runner/wire.py).
+"""Traced answers replayed through the reading module (runner/api/wire.py).
 
-Every ``tests/data/traces/*.jsonl`` is a ``--trace-http`` file (runner/trace.py documents
+Every ``tests/data/traces/*.jsonl`` is a ``--trace-http`` file (runner/api/trace.py documents
 the line format). Those named after a sandbox dialect (``envelope``, ``args``, ``bare``,
 ``opaque``; re-recorded by ``tests/data/traces/record.py``) are held to what that dialect
 means; any other file, such as the first trace from the live service dropped in beside
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from runner import wire
+from runner.api import wire
 
 TRACES = Path(__file__).resolve().parent / "data" / "traces"
 DIALECTS = ("envelope", "args", "bare", "opaque")

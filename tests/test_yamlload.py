@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import yamlload
-from runner.yamlload import YamlError, load_file, loads
+from runner.manifest import loader as yamlload
+from runner.manifest.loader import YamlError, load_file, loads
 
 
 def test_positions_of_values_and_keys() -> None:

@@ -2,7 +2,7 @@
 
 Before anything is sent (phase 1, and again under the lock), two refusals for untrusted
 manifests: a declared variable a ``webhook_url`` uses is not set (``Manifest.unset``), and
-a trust change that needs approval (``runner.trust``: another endpoint or key variable than
+a trust change that needs approval (``runner.engine.trust``: another endpoint or key variable than
 the lockfile's entries were made with) without ``--allow-trust-change``. Both exit 1 before
 the key is read.
 
@@ -26,21 +26,21 @@ from pathlib import Path
 import anyio
 
 from runner import logsetup
-from runner.apply import Applier, ApplyOptions, ApplyResult, LogReporter, Reporter
-from runner.client import ApiClient
+from runner.api.client import ApiClient
+from runner.api.endpoint import Connection, connect, target_identity, with_api
+from runner.api.ratelimit import TokenBucket
 from runner.diagnostics import Diagnostic
-from runner.endpoint import Connection, connect, target_identity, with_api
+from runner.engine.apply import Applier, ApplyOptions, ApplyResult, LogReporter, Reporter
+from runner.engine.pipeline import Prepared, prepare
+from runner.engine.plan import SUBMITTING_ACTIONS, Plan, make_plan
+from runner.engine.trust import key_env_amendments, refuse, with_text
 from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
-from runner.lockfile import LockEntry, LockSession
-from runner.manifests import expand_manifests, worst
+from runner.manifest.many import expand_manifests, worst
 from runner.models import Manifest
-from runner.plan import SUBMITTING_ACTIONS, Plan, make_plan
-from runner.ratelimit import TokenBucket
-from runner.render import apply_summary, plan_text
-from runner.trust import key_env_amendments, refuse, with_text
-from runner.workspace import Prepared, prepare
+from runner.state.lockfile import LockEntry, LockSession
+from runner.views.render import apply_summary, plan_text
 
-log = logsetup.get_logger("runner.apply")
+log = logsetup.get_logger("runner.engine.apply")
 API_ACTIONS = ("create", "replace", "retry", "resume", "blocked")
 
 
@@ -180,7 +180,7 @@ def trust_guard(
             [*manifest.unset, Diagnostic(display, 0, 0, "", "set the variables above (declared in variables); nothing was submitted")]
         )
     if not getattr(args, "allow_trust_change", False):
-        from runner.trust import assess
+        from runner.engine.trust import assess
 
         refuse(assess(target, manifest.api.api_key_env, entries), display, "apply")
 
@@ -240,7 +240,7 @@ def _would_ask(plan: Plan, target: str, args: argparse.Namespace) -> bool:
 @contextlib.contextmanager
 def _reporter(rich_view: bool) -> Iterator[Reporter]:
     if rich_view:
-        from runner.progress import RichReporter
+        from runner.views.progress import RichReporter
 
         with RichReporter() as reporter:
             yield reporter
@@ -251,7 +251,7 @@ def _reporter(rich_view: bool) -> Iterator[Reporter]:
 def _report(result: ApplyResult, args: argparse.Namespace, rich_view: bool, lockfile: str, command: str) -> None:
     """The summary on stdout; errors, and with JSON logs the Ctrl-C notice, on stderr."""
     if rich_view:
-        from runner.progress import print_summary_table
+        from runner.views.progress import print_summary_table
 
         print_summary_table(result, lockfile, command)
     elif not args.quiet or result.exit_code:
@@ -279,12 +279,12 @@ async def _run_online(
     reporter: Reporter,
     trace: Path | None = None,
 ) -> ApplyResult:
-    from runner.endpoint import api_identity, is_loopback_identity
+    from runner.api.endpoint import api_identity, is_loopback_identity
 
     bucket = TokenBucket(manifest.api.requests_per_second, manifest.api.burst)
     api = "sandbox" if conn.embedded else api_identity(conn.url)
-    from runner.resize import ResizeCache
-    from runner.upload import Preparer
+    from runner.engine.upload import Preparer
+    from runner.manifest.resize import ResizeCache
 
     cache = ResizeCache.for_manifest(manifest.folder)
     preparer = Preparer(cache, manifest.api.max_uploads)

@@ -35,12 +35,13 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
-from runner import logsetup, wire
-from runner.client import DOCTOR_PREFIX, Answer, ApiClient, Unreachable
-from runner.endpoint import SANDBOX, api_identity, api_key_for, choose_endpoint, connect
+from runner import logsetup
+from runner.api import wire
+from runner.api.client import DOCTOR_PREFIX, Answer, ApiClient, Unreachable
+from runner.api.endpoint import SANDBOX, api_identity, api_key_for, choose_endpoint, connect
+from runner.api.ratelimit import TokenBucket
 from runner.errors import ApiError, UsageError
 from runner.models import Manifest
-from runner.ratelimit import TokenBucket
 
 DEFAULT_MANIFEST = "runner.yaml"
 # A refused port or a dead name is decided within a few seconds; apply's 25 s budget is
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 def _manifest(args: argparse.Namespace) -> tuple[Manifest, str | None]:
     """The manifest (loaded as apply loads it), or defaults when none exists but an
     endpoint was given; the second value names the manifest file for messages."""
-    from runner.workspace import load
+    from runner.engine.pipeline import load
 
     if args.manifest:
         return load(args.manifest), Path(args.manifest).name
@@ -142,8 +143,8 @@ def _trust_guard(manifest: Manifest, display: str, endpoint: str) -> None:
     lockfile's entries were not made with, when the key would leave this machine, until a
     person passes --allow-trust-change (a pull request's pipeline must not run it to leak
     the key to a host the PR chose)."""
-    from runner.lockfile import read_lockfile
-    from runner.trust import assess, refuse
+    from runner.engine.trust import assess, refuse
+    from runner.state.lockfile import read_lockfile
 
     entries = read_lockfile(manifest.default_lockfile()).entries
     target = "sandbox" if endpoint == SANDBOX else api_identity(endpoint)

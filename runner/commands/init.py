@@ -23,9 +23,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.checks import OLD_PLACEHOLDER, PLACEHOLDER_MARK, PLACEHOLDER_MESSAGE
 from runner.errors import InputError, UsageError
 from runner.logsetup import clean
+from runner.manifest.checks import OLD_PLACEHOLDER, PLACEHOLDER_MARK, PLACEHOLDER_MESSAGE
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 PREFIX_MAX = 32  # the schema's lora_prefix: [A-Za-z0-9][A-Za-z0-9_]{0,31}
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def largest_side(found: list[Found]) -> int:
     """The longest image side in the jobs' folders, from each header (no pixels decoded)."""
-    from runner.resize import read_info
+    from runner.manifest.resize import read_info
 
     longest = 0
     for item in found:
@@ -277,7 +277,7 @@ def _relative(folder: Path, base: Path) -> str:
 
 def _write_checked(out: Path, text: str) -> None:
     """Validate the text where it will live (paths are relative to it), then move it in place."""
-    from runner.manifest import load_manifest
+    from runner.manifest.read import load_manifest
 
     folder = Path(os.path.abspath(out)).parent
     if not folder.is_dir():

@@ -35,12 +35,12 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from runner.endpoint import SANDBOX, accepts, made_at, target_identity
+from runner.api.endpoint import SANDBOX, accepts, made_at, target_identity
+from runner.api.wire import is_trigger_word
 from runner.errors import InputError, UsageError
-from runner.lockfile import LockEntry, read_lockfile
 from runner.logsetup import clean, guard, json_safe, safe
 from runner.models import ApiSettings, Manifest
-from runner.wire import is_trigger_word
+from runner.state.lockfile import LockEntry, read_lockfile
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +92,7 @@ def manifest_target(manifest: str, environ: Mapping[str, str]) -> str:
 
 
 def _endpoint_in(manifest: Path) -> str:
-    from runner.yamlload import YamlError, load_file
+    from runner.manifest.loader import YamlError, load_file
 
     where = "api.endpoint"
     try:

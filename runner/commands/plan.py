@@ -6,7 +6,7 @@ for a single pull-request comment over a catalog) or one document wrapping the
 per-manifest plans (json). A manifest that cannot be planned is reported and the others
 still are; the exit code is the worst of all (1 beats 2 beats 0).
 
-Every view says where the key would go (``runner.trust``) and shows a trust change — the
+Every view says where the key would go (``runner.engine.trust``) and shows a trust change — the
 endpoint or key variable differs from what the lockfile's entries were made with — first,
 before the jobs (at the top of a many-manifest markdown comment); it counts as a change for
 ``--detailed-exitcode``. ``--refresh`` refuses a trust change that needs approval (exit 1,
@@ -20,10 +20,12 @@ import os
 import sys
 
 from runner import logsetup
+from runner.engine.pipeline import prepare
+from runner.engine.plan import Plan
+from runner.engine.trust import Trust, catalog_markdown, with_markdown, with_text
 from runner.errors import EXIT_CHANGES, EXIT_OK, RunnerError
-from runner.manifests import expand_manifests, worst
-from runner.plan import Plan
-from runner.render import (
+from runner.manifest.many import expand_manifests, worst
+from runner.views.render import (
     plan_json,
     plan_markdown,
     plan_text,
@@ -31,8 +33,6 @@ from runner.render import (
     plans_markdown,
     plans_total_text,
 )
-from runner.trust import Trust, catalog_markdown, with_markdown, with_text
-from runner.workspace import prepare
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +78,7 @@ def _plan(manifest_path: str, args: argparse.Namespace) -> Plan:
     assert prepared.api is not None
     plan = prepared.plan
     if args.refresh:
-        from runner.refresh import refresh_plan
+        from runner.engine.refresh import refresh_plan
 
         plan = refresh_plan(prepared)  # refuses a trust change before anything is sent
     # Against the lockfile as read: what the reviewed state says, not what --refresh learnt.

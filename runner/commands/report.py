@@ -1,7 +1,7 @@
 """``runner report MANIFEST... -o report.html``: one self-contained HTML gallery of results.
 
 Reads each manifest (for its job list) and its lockfile (journal replayed; read-only),
-embeds the samples (see ``runner.report_fetch``: only from the manifest's own API, within
+embeds the samples (see ``runner.views.report.fetch``: only from the manifest's own API, within
 ``--timeout``) and writes the page atomically, so an interrupted report (SIGINT/SIGTERM:
 exit 130 at once) leaves no file behind, nor half of one. With several manifests one that
 cannot be read is shown as such on the page and sets the exit code (the worst), while the
@@ -18,15 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runner import __version__, logsetup
-from runner.endpoint import target_identity
+from runner.api.endpoint import target_identity
+from runner.engine.pipeline import load, lockfile_for
 from runner.errors import RunnerError, UsageError
-from runner.lockfile import read_lockfile
-from runner.manifests import expand_manifests, worst
-from runner.report_cards import Section, cards_for
-from runner.report_fetch import fill_samples
-from runner.report_html import render_html, write_report
-from runner.report_policy import FetchPolicy, normalize_allowed_host
-from runner.workspace import load, lockfile_for
+from runner.manifest.many import expand_manifests, worst
+from runner.state.lockfile import read_lockfile
+from runner.views.report.cards import Section, cards_for
+from runner.views.report.fetch import fill_samples
+from runner.views.report.page import render_html, write_report
+from runner.views.report.policy import FetchPolicy, normalize_allowed_host
 
 
 def _seconds(value: object, flag: str) -> float:

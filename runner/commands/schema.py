@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runner.schemafiles import schema_path
+from runner.shipped_schemas import schema_path
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,12 +18,13 @@ import sys
 from typing import Any
 
 from runner import logsetup
-from runner.endpoint import accepts, made_at, target_identity
+from runner.api.endpoint import accepts, made_at, target_identity
+from runner.engine.pipeline import load, lockfile_for
 from runner.errors import RunnerError
-from runner.lockfile import read_lockfile
 from runner.logsetup import clean, clean_lines, guard
-from runner.manifests import expand_manifests, worst
-from runner.render import (
+from runner.manifest.many import expand_manifests, worst
+from runner.state.lockfile import read_lockfile
+from runner.views.render import (
     dumps,
     status_counts,
     status_counts_phrase,
@@ -31,7 +32,6 @@ from runner.render import (
     status_table,
     status_text,
 )
-from runner.workspace import load, lockfile_for
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +84,7 @@ def _rows(manifest_path: str, args: argparse.Namespace) -> tuple[Any, str, list[
     lockfile = lockfile_for(manifest, args.lockfile)
     entries = read_lockfile(lockfile).entries
     if args.refresh:
-        from runner.refresh import refresh_entries
+        from runner.engine.refresh import refresh_entries
 
         # Only this API's entries: another API's trigger words mean nothing to it.
         mine = {n: e for n, e in entries.items() if accepts(api, made_at(e, api))}

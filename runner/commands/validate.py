@@ -26,8 +26,8 @@ from typing import Any
 from runner import logsetup
 from runner.diagnostics import Diagnostic, sort_diagnostics
 from runner.errors import EXIT_INPUT, EXIT_OK
-from runner.manifest import load_manifest
-from runner.manifests import expand_manifests
+from runner.manifest.many import expand_manifests
+from runner.manifest.read import load_manifest
 from runner.models import Manifest
 
 
@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _upload_problems(manifest: Manifest, name: str) -> list[Diagnostic]:
-    """Jobs whose request would exceed ``api.max_upload_mb`` (``runner.upload``); an image
+    """Jobs whose request would exceed ``api.max_upload_mb`` (``runner.engine.upload``); an image
     that cannot be downscaled is an error too, at its job."""
-    from runner.upload import validate_uploads
+    from runner.engine.upload import validate_uploads
 
     try:
         return validate_uploads(manifest, name)

@@ -19,7 +19,7 @@ import yaml
 from apply_support import SECRET, ledger, runner, sandbox, write_manifest
 from figures import record
 
-from runner.lockfile import journal_path, read_lockfile
+from runner.state.lockfile import journal_path, read_lockfile
 
 ENV = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
 

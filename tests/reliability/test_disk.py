@@ -17,11 +17,11 @@ import anyio
 import pytest
 from apply_support import SECRET, ledger, lock_doc, runner, sandbox, write_manifest
 
-from runner.apply import Applier, ApplyOptions
-from runner.client import ApiClient
-from runner.lockfile import LockSession, read_lockfile
-from runner.ratelimit import TokenBucket
-from runner.workspace import prepare
+from runner.api.client import ApiClient
+from runner.api.ratelimit import TokenBucket
+from runner.engine.apply import Applier, ApplyOptions
+from runner.engine.pipeline import prepare
+from runner.state.lockfile import LockSession, read_lockfile
 
 
 @contextlib.contextmanager
@@ -103,7 +103,7 @@ def test_journal_write_failure_in_process(tmp_path: Path, monkeypatch: pytest.Mo
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_write(fd, data)
 
-        monkeypatch.setattr("runner.lockfile.os.write", failing_write)
+        monkeypatch.setattr("runner.state.lockfile.os.write", failing_write)
         session = LockSession(first.lockfile)
         session.acquire()
         prepared = prepare(str(manifest), None, [], state=session.state)

@@ -18,12 +18,12 @@ import pytest
 from apply_support import SECRET, ledger, sandbox, write_manifest
 from figures import record
 
-from runner.apply import Applier, ApplyOptions
-from runner.client import ApiClient
-from runner.lockfile import LockSession, read_lockfile
-from runner.ratelimit import TokenBucket
+from runner.api.client import ApiClient
+from runner.api.ratelimit import TokenBucket
+from runner.engine.apply import Applier, ApplyOptions
+from runner.engine.pipeline import prepare
 from runner.sandbox.config import FAULT_KINDS
-from runner.workspace import prepare
+from runner.state.lockfile import LockSession, read_lockfile
 
 KINDS = [*FAULT_KINDS, "mixed"]
 

@@ -213,11 +213,11 @@ def test_hostile_files_stop_apply_before_anything_is_sent(tmp_path: Path) -> Non
 
 def test_file_vanishing_before_upload_fails_only_its_job(tmp_path: Path) -> None:
     """An image deleted after validation and planning fails its job naming the file (exit 3); others succeed."""
-    from runner.apply import Applier, ApplyOptions
-    from runner.client import ApiClient
-    from runner.lockfile import LockSession, read_lockfile
-    from runner.ratelimit import TokenBucket
-    from runner.workspace import prepare
+    from runner.api.client import ApiClient
+    from runner.api.ratelimit import TokenBucket
+    from runner.engine.apply import Applier, ApplyOptions
+    from runner.engine.pipeline import prepare
+    from runner.state.lockfile import LockSession, read_lockfile
 
     folder = tmp_path / "project"
     for name in ("a", "b", "c"):
@@ -280,11 +280,11 @@ from pathlib import Path
 import anyio
 from apply_support import SECRET, sandbox
 from helpers import make_image
-from runner.apply import Applier, ApplyOptions
-from runner.client import ApiClient
-from runner.lockfile import LockSession
-from runner.ratelimit import TokenBucket
-from runner.workspace import prepare
+from runner.engine.apply import Applier, ApplyOptions
+from runner.api.client import ApiClient
+from runner.state.lockfile import LockSession
+from runner.api.ratelimit import TokenBucket
+from runner.engine.pipeline import prepare
 
 tmp = Path(sys.argv[1])
 folder = tmp / "p"

@@ -250,7 +250,7 @@ def test_plain_http_off_loopback_is_refused(
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
 def test_plain_http_to_loopback_is_accepted(tmp_path: Path, host: str) -> None:
     """http:// to 127.0.0.1, localhost and [::1] is allowed (the sandbox, tunnels)."""
-    from runner.endpoint import check_endpoint_url
+    from runner.api.endpoint import check_endpoint_url
 
     assert check_endpoint_url(f"http://{host}:8000", "--endpoint") == f"http://{host}:8000"
 

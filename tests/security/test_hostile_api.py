@@ -22,11 +22,11 @@ import pytest
 from apply_support import SECRET, lock_doc, runner, write_manifest
 from helpers import make_image, read_body
 
-from runner import client as client_module
-from runner import wire
-from runner.client import ApiClient, RetryPolicy, Uncertain
+from runner.api import client as client_module
+from runner.api import wire
+from runner.api.client import ApiClient, RetryPolicy, Uncertain
+from runner.api.ratelimit import TokenBucket
 from runner.models import Job
-from runner.ratelimit import TokenBucket
 from runner.sandbox.config import SandboxConfig
 
 PROBE = b"runner-idempotency-probe"

@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from runner import logsetup
+from runner.api.endpoint import check_endpoint_url, inferred_api, is_loopback
 from runner.diagnostics import Diagnostic
-from runner.endpoint import check_endpoint_url, inferred_api, is_loopback
 from runner.errors import InputError, UsageError
-from runner.lockfile import LockEntry
-from runner.render import md_code, status_table
+from runner.state.lockfile import LockEntry
+from runner.views.render import md_code, status_table
 
 # What a pull request writes: Markdown, HTML, links, images, mentions, a table row break,
 # terminal escapes, bidi, CI commands (GitHub's both syntaxes, Azure's), rich markup.
@@ -244,8 +244,8 @@ def test_status_table_shows_markup_as_text() -> None:
 
 def test_live_apply_view_shows_markup_as_text(capsys: pytest.CaptureFixture[str]) -> None:
     """The apply progress line and summary table print messages as text, escaped."""
-    from runner.apply import ApplyResult, Outcome
-    from runner.progress import RichReporter, print_summary_table
+    from runner.engine.apply import ApplyResult, Outcome
+    from runner.views.progress import RichReporter, print_summary_table
 
     entry = LockEntry("sha256:" + "0" * 64, "failed", error={"status": 422, "message": HOSTILE})
     RichReporter().job_changed("job", "create", entry, HOSTILE)

@@ -36,9 +36,9 @@ import pytest
 import yaml
 from helpers import REPO_ROOT, write_manifest
 
-from runner.report_cards import Section, cards_for
-from runner.report_fetch import MAX_PIXELS, Fetcher, fill_samples
-from runner.report_policy import FetchPolicy
+from runner.views.report.cards import Section, cards_for
+from runner.views.report.fetch import MAX_PIXELS, Fetcher, fill_samples
+from runner.views.report.policy import FetchPolicy
 
 LIVE_API = "https://api.vimmerse.net"
 # Peak RSS allowed for a report that meets a hostile input. A report of no sample peaks near
@@ -156,7 +156,7 @@ def project(tmp_path: Path, results: dict[str, list[str]], endpoint: str = "sand
     manifest = write_manifest(
         tmp_path, jobs=[{"name": name, "lora_prefix": "P"} for name in results], api={"endpoint": endpoint}
     )
-    from runner.endpoint import api_identity
+    from runner.api.endpoint import api_identity
 
     made = api_identity(endpoint)
     jobs = {
@@ -327,7 +327,7 @@ def test_internal_hosts_are_never_contacted(tmp_path: Path) -> None:
         )
         return fetcher
 
-    from runner.lockfile import LockEntry
+    from runner.state.lockfile import LockEntry
 
     entry = LockEntry.from_dict(
         {"fingerprint": "sha256:" + "0" * 64, "status": "succeeded", "results": internal + allowed}

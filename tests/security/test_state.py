@@ -23,7 +23,7 @@ import pytest
 import yaml
 from statesupport import SECRET, applied_repo, git, lock_doc, make_repo, pr_commit, run, snapshot
 
-from runner.schemafiles import load_schema
+from runner.shipped_schemas import load_schema
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="POSIX symlink semantics")
 
@@ -100,7 +100,7 @@ def test_committed_parsed_lockfile_cache_changes_no_answer(tmp_path: Path, cache
 def test_committed_schema_cache_does_not_skip_validation(tmp_path: Path, cache: Path, template: Path) -> None:
     """``.runner/schema-valid.json`` naming the hash of a schema-invalid manifest (computable
     from the PR's own text) used to let plan skip the JSON Schema; it is not read now."""
-    from runner import schema
+    from runner.manifest import schema
 
     repo, _word = applied_repo(tmp_path, cache, template)
     text = (repo / "runner.yaml").read_text().replace("{endpoint: sandbox}", "{endpoint: sandbox, evil: 1}")
@@ -137,8 +137,8 @@ def test_committed_digest_cache_is_not_read(tmp_path: Path, cache: Path, templat
 def test_cache_folder_inside_the_repository_is_refused(tmp_path: Path) -> None:
     """A cache folder configured inside the repository (as a CI cache path might be) is not
     used: a committed key and a correctly sealed poisoned file still change nothing."""
-    from runner import usercache
-    from runner.lockfile import _cache_key
+    from runner import cache as usercache
+    from runner.state.lockfile import _cache_key
 
     inside = tmp_path / "repo" / ".ci-cache" / "runner"
     repo, word = applied_repo(tmp_path, tmp_path / "elsewhere")
@@ -351,7 +351,7 @@ def test_no_key_in_state(tmp_path: Path, cache: Path, template: Path) -> None:
 
 @pytest.fixture
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from runner import usercache
+    from runner import cache as usercache
 
     folder = tmp_path / "cache"
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(folder))
@@ -363,7 +363,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 def test_sealed_files_verify_only_as_written(tmp_path: Path, private_cache: Path) -> None:
     """A sealed file reads back; a changed byte, another purpose, a copy at another path or a
     file without a seal is a miss (None), never content."""
-    from runner import usercache
+    from runner import cache as usercache
 
     where = usercache.folder_for(tmp_path / "project")
     assert where is not None and where.parent == Path(os.path.realpath(private_cache))
@@ -387,7 +387,7 @@ def test_sealed_files_verify_only_as_written(tmp_path: Path, private_cache: Path
 def test_a_key_others_could_read_is_replaced(tmp_path: Path, private_cache: Path) -> None:
     """A key file readable by others (or not 32 bytes) is not trusted: files sealed with it
     are misses, and the next write makes a new private key."""
-    from runner import usercache
+    from runner import cache as usercache
 
     path = usercache.cache_file(tmp_path / "project", "d.json")
     assert path is not None and usercache.write_sealed(path, "digests", b"{}")
@@ -404,7 +404,7 @@ def test_a_key_others_could_read_is_replaced(tmp_path: Path, private_cache: Path
 def test_a_cache_folder_others_can_write_is_not_used(tmp_path: Path, private_cache: Path) -> None:
     """A group- or world-writable cache folder (a shared /tmp path in RUNNER_CACHE_DIR) turns
     caches off; so does a per-manifest folder replaced by a symlink."""
-    from runner import usercache
+    from runner import cache as usercache
 
     private_cache.mkdir(mode=0o700)
     private_cache.chmod(0o777)

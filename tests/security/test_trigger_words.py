@@ -23,9 +23,9 @@ from apply_support import lock_doc, runner, write_manifest
 from helpers import read_body
 from jsonschema import Draft202012Validator
 
-from runner import wire
+from runner.api import wire
 from runner.sandbox.config import SandboxConfig
-from runner.schemafiles import load_schema
+from runner.shipped_schemas import load_schema
 
 # What a pull request writes into the lockfile (and a hostile API into its answer).
 HOSTILE_WORDS = {

@@ -40,7 +40,7 @@ from leaksupport import (
     run,
 )
 
-from runner.schemafiles import load_schema
+from runner.shipped_schemas import load_schema
 
 REFUSED = "trust change"
 
@@ -211,13 +211,13 @@ def test_catalog_markdown_starts_with_every_trust_change(world: World, repo: Pat
     assert [bool(m["trust"]["changes"]) for m in doc["manifests"]] == [True, False]
 
 
-# -- the rule, as a table (runner.trust.assess: pure, no key, no I/O) --------------------------
+# -- the rule, as a table (runner.engine.trust.assess: pure, no key, no I/O) --------------------------
 
 LIVE = "https://api.vimmerse.net"
 
 
 def _entry(api: str | None, key_env: str | None = "VIMMERSE_API_KEY") -> object:
-    from runner.lockfile import LockEntry
+    from runner.state.lockfile import LockEntry
 
     return LockEntry(fingerprint="sha256:" + "0" * 64, status="succeeded", api=api, api_key_env=key_env)
 
@@ -240,7 +240,7 @@ def _entry(api: str | None, key_env: str | None = "VIMMERSE_API_KEY") -> object:
     ],
 )
 def test_assess(target: str, key_env: str, entries: list[object], changed: list[str], approval: bool) -> None:
-    from runner.trust import assess
+    from runner.engine.trust import assess
 
     trust = assess(target, key_env, entries)  # type: ignore[arg-type]
     assert [c.field for c in trust.changes] == changed
@@ -249,7 +249,7 @@ def test_assess(target: str, key_env: str, entries: list[object], changed: list[
 
 def test_views_escape_outside_text() -> None:
     """An old endpoint from a hand-edited lockfile cannot inject lines or CI commands."""
-    from runner.trust import Trust, TrustChange, markdown_block, text_block
+    from runner.engine.trust import Trust, TrustChange, markdown_block, text_block
 
     trust = Trust(LIVE, "VIMMERSE_API_KEY", (TrustChange("api.endpoint", ("x\n::error::boom ##[group]`|",), LIVE),))
     text = "\n".join(text_block(trust))

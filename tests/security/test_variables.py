@@ -43,7 +43,7 @@ from leaksupport import (
     run,
 )
 
-from runner.schemafiles import load_schema
+from runner.shipped_schemas import load_schema
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Where the report's samples may come from, and getting them: URL -> bytes -> ``data:`` URI.
 
-Where samples may come from is ``runner.report_policy``'s rule. Bounds: the whole fetching
+Where samples may come from is ``runner.views.report.policy``'s rule. Bounds: the whole fetching
 has a deadline (``--timeout``) and each sample its own (``--image-timeout``), measured in wall time (a
 server dripping one byte a second is cut off, and a stuck worker is abandoned, never
 waited for); downloads stop at ``MAX_DOWNLOAD`` bytes; images with more than
@@ -10,7 +10,7 @@ only, up to a size cap (``runner.sandbox.files``), and the database read-only. A
 or failed sample becomes a card saying why ("not from the API's origin", "too large",
 "timed out").
 
-``fill_samples`` does all the I/O of a report; ``runner.report_html`` then renders the
+``fill_samples`` does all the I/O of a report; ``runner.views.report.page`` then renders the
 cards without any.
 """
 
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from runner.endpoint import SANDBOX, sandbox_state_dir
-from runner.report_cards import Card, Sample, Section
-from runner.report_policy import NOT_FROM_ORIGIN, SANDBOX_FILE, FetchPolicy
+from runner.api.endpoint import SANDBOX, sandbox_state_dir
+from runner.views.report.cards import Card, Sample, Section
+from runner.views.report.policy import NOT_FROM_ORIGIN, SANDBOX_FILE, FetchPolicy
 
 DEFAULT_TIMEOUT = 120.0  # seconds, for all the fetching of one report together
 DEFAULT_IMAGE_TIMEOUT = 20.0  # seconds, for one sample

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from runner.endpoint import SANDBOX, api_identity, is_loopback_identity
+from runner.api.endpoint import SANDBOX, api_identity, is_loopback_identity
 
 NOT_FROM_ORIGIN = "not from the API's origin"
 SANDBOX_FILE = re.compile(
@@ -85,7 +85,7 @@ def site_of(host: str) -> str | None:
 class FetchPolicy:
     """Where one manifest's samples may be read from (module docstring)."""
 
-    api: str  # runner.endpoint.api_identity of the endpoint the manifest targets
+    api: str  # runner.api.endpoint.api_identity of the endpoint the manifest targets
     allow_hosts: tuple[str, ...] = ()  # normalize_allowed_host values
 
     @property

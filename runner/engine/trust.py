@@ -14,7 +14,7 @@ say nothing about the endpoint) and their ``api_key_env`` (entries from before i
 count as made with the default, ``VIMMERSE_API_KEY``). A lockfile with no entries has no
 baseline: nothing to compare, so no trust change (the plan still says where the key goes).
 
-Pure: no I/O, no key; the views are plain functions over values, like ``runner.render``.
+Pure: no I/O, no key; the views are plain functions over values, like ``runner.views.render``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runner.endpoint import accepts, is_loopback_identity
+from runner.api.endpoint import accepts, is_loopback_identity
 from runner.errors import UsageError
-from runner.lockfile import LockEntry
 from runner.models import ApiSettings
+from runner.state.lockfile import LockEntry
 
 DEFAULT_KEY_ENV = ApiSettings.api_key_env
 APPROVE_FLAG = "--allow-trust-change"

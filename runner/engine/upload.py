@@ -24,11 +24,11 @@ from pathlib import Path
 
 import anyio
 
-from runner import wire
+from runner.api import wire
 from runner.diagnostics import Diagnostic
-from runner.fingerprint import Fingerprinted
+from runner.manifest.resize import ImageInfo, ResizeCache, Resized, Setting
 from runner.models import Job, Manifest
-from runner.resize import ImageInfo, ResizeCache, Resized, Setting
+from runner.state.fingerprint import Fingerprinted
 
 MB = 1024 * 1024  # api.max_upload_mb counts as the sandbox's --max-upload-mb does
 SUGGESTED_MAX_SIDE = 1536
@@ -232,8 +232,8 @@ def validate_uploads(manifest: Manifest, display: str) -> list[Diagnostic]:
     """
     if manifest.api.max_upload_mb is None:
         return []
-    from runner import usercache
-    from runner.fingerprint import DigestCache, fingerprint_jobs
+    from runner import cache as usercache
+    from runner.state.fingerprint import DigestCache, fingerprint_jobs
 
     resizing = [job for job in manifest.jobs if job.max_side and job.images]
     plain = [Fingerprinted(job, "", {}) for job in manifest.jobs if not (job.max_side and job.images)]

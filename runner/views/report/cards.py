@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.lockfile import LockEntry
+from runner.engine.plan import natural_key
 from runner.models import Job
-from runner.plan import natural_key
+from runner.state.lockfile import LockEntry
 
 
 @dataclass

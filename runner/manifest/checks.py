@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from runner import images as imagefiles
 from runner.diagnostics import Diagnostic, Severity, format_path
+from runner.manifest import images as imagefiles
+from runner.manifest.loader import Document, PathPart
 from runner.models import (
     FINETUNE_TYPES,
     KONTEXT,
@@ -33,10 +34,9 @@ from runner.models import (
     uses_finetune_type,
     uses_prompt,
 )
-from runner.yamlload import Document, PathPart
 
 if TYPE_CHECKING:
-    from runner.manifest import Template
+    from runner.manifest.read import Template
 
 INHERITED = ("option", "finetune_type", "num_iterations", "lora_prefix", "prompt", "webhook_url")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)")

@@ -15,7 +15,7 @@ Given ``api`` (the identity of the endpoint the run targets, ``endpoint.api_iden
 an entry made against an API the target does not accept counts as absent: ``create``
 with the reason ``endpoint``, whatever its status (DESIGN section 4).
 
-``Plan.trust`` (``runner.trust``, set by the commands with ``with_trust``) says where the
+``Plan.trust`` (``runner.engine.trust``, set by the commands with ``with_trust``) says where the
 key would go and what changed against the lockfile; a trust change is a change for
 ``--detailed-exitcode`` even when every job is ``noop``.
 """
@@ -28,12 +28,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from runner.endpoint import accepts, made_at
+from runner.api.endpoint import accepts, made_at
+from runner.api.wire import image_count
+from runner.engine.trust import Trust, assess
 from runner.errors import UsageError
-from runner.fingerprint import Fingerprinted
-from runner.lockfile import LockEntry
-from runner.trust import Trust, assess
-from runner.wire import image_count
+from runner.state.fingerprint import Fingerprinted
+from runner.state.lockfile import LockEntry
 
 Action = Literal["create", "replace", "resume", "retry", "blocked", "noop", "orphan"]
 ACTIONS: tuple[Action, ...] = (

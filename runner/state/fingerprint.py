@@ -12,7 +12,7 @@ downscaled: the fingerprint records such an image as its digest plus the setting
 (``resize.sent_id``), and the request gains ``max_side`` (and ``jpeg_quality`` when a
 downscaled image is lossy). A job none of whose images is downscaled has the fingerprint
 it had before ``max_side`` existed, so old lock entries stay ``noop``. The cache file is sealed with this user's key and
-lives in the per-user cache folder (``runner.usercache``), out of a pull request's reach: a
+lives in the per-user cache folder (``runner.cache``), out of a pull request's reach: a
 committed file could otherwise claim any digest for a changed image.
 """
 
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from runner.images import open_regular
+from runner.api.wire import canonical_request
+from runner.manifest.images import open_regular
+from runner.manifest.resize import ImageInfo, Setting, read_info, sent_id
 from runner.models import Job
-from runner.resize import ImageInfo, Setting, read_info, sent_id
-from runner.wire import canonical_request
 
 CACHE_VERSION = 1
 _CHUNK = 1 << 20
@@ -100,7 +100,7 @@ class DigestCache:
             self._load(path)
 
     def _load(self, path: Path) -> None:
-        from runner.usercache import read_sealed
+        from runner.cache import read_sealed
 
         payload = read_sealed(path, "digests")
         if payload is None:
@@ -152,7 +152,7 @@ class DigestCache:
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
-        from runner.usercache import write_sealed
+        from runner.cache import write_sealed
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"version": CACHE_VERSION, "files": self._entries}, separators=(",", ":"))

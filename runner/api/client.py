@@ -1,6 +1,6 @@
 """The finetune API client: transport, retries and the rate limit; the only importer of httpx.
 
-What a request carries and what an answer means is ``runner.wire``'s business; this module
+What a request carries and what an answer means is ``runner.api.wire``'s business; this module
 sends, retries and translates httpx's exceptions at one boundary, so everything above it
 speaks ``ApiError`` and its subclasses::
 
@@ -40,16 +40,17 @@ import anyio
 import httpx
 import stamina
 
-from runner import __version__, logsetup, wire
+from runner import __version__, logsetup
+from runner.api import wire
+from runner.api.ratelimit import TokenBucket
 from runner.errors import ApiError, InsufficientCredit
-from runner.images import open_regular
+from runner.manifest.images import open_regular
 from runner.models import Job
-from runner.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
-    from runner.resize import Resized
+    from runner.manifest.resize import Resized
 
-log = logsetup.get_logger("runner.client")
+log = logsetup.get_logger("runner.api.client")
 
 REACH_BUDGET = 25.0  # seconds to decide that an endpoint cannot be reached at all
 MAX_RETRY_AFTER = 120.0  # a server's Retry-After is obeyed up to this many seconds
@@ -217,7 +218,7 @@ class ApiClient:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
         transport = self.transport
         if self.trace is not None:
-            from runner.trace import TraceTransport
+            from runner.api.trace import TraceTransport
 
             inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
             transport = TraceTransport(inner, self.trace)
@@ -288,7 +289,7 @@ class ApiClient:
                     if small is None:
                         fh = stack.enter_context(open_regular(part.path))
                     else:
-                        from runner.resize import open_verified
+                        from runner.manifest.resize import open_verified
 
                         fh = stack.enter_context(open_verified(small))
                     uploaded += os.fstat(fh.fileno()).st_size

@@ -10,15 +10,15 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import usercache
+from runner import cache as usercache
+from runner.api.endpoint import target_identity
 from runner.atomic import UnsafeStateFile, check_state_dir
-from runner.endpoint import target_identity
+from runner.engine.plan import Plan, make_plan
 from runner.errors import InputError
-from runner.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
 from runner.gcpause import paused_gc
-from runner.lockfile import LockState, read_lockfile
 from runner.models import Manifest
-from runner.plan import Plan, make_plan
+from runner.state.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
+from runner.state.lockfile import LockState, read_lockfile
 
 # runner's own state beside a manifest: the apply lock (``.runner/NAME.lock``) and the
 # embedded sandbox's database and files. Never followed through a symlink (issue 12).
@@ -27,7 +27,7 @@ STATE_FILES = tuple(f".runner/sandbox/sandbox.sqlite3{s}" for s in ("", "-wal", 
 
 
 def digest_cache_path(manifest: Manifest) -> Path | None:
-    """In the per-user cache folder (``runner.usercache``), never beside the manifest."""
+    """In the per-user cache folder (``runner.cache``), never beside the manifest."""
     return usercache.cache_file(manifest.folder, "digests.json")
 
 
@@ -77,7 +77,7 @@ def load(manifest_path: str, stats: dict[str, os.stat_result] | None = None) -> 
 
     ``stats`` receives each image file's ``stat``, for ``fingerprint`` to reuse.
     """
-    from runner.manifest import load_or_raise
+    from runner.manifest.read import load_or_raise
 
     folder = Path(os.path.abspath(manifest_path)).parent
     check_state_folder(folder)
@@ -95,7 +95,7 @@ def fingerprint(
     A no-op plan therefore reads no image bytes, while a new or changed file is checked as
     thoroughly as ``runner validate`` would (and reported at its place in the manifest).
     """
-    from runner.images import check_content, check_file
+    from runner.manifest.images import check_content, check_file
 
     bad: list[str] = []
 
@@ -109,7 +109,7 @@ def fingerprint(
     try:
         fps = fingerprint_jobs(manifest.jobs, cache, check=check, stats=stats)
     except (_BadImage, OSError) as exc:
-        from runner.manifest import load_or_raise
+        from runner.manifest.read import load_or_raise
 
         # Re-validate with image checks to report the problem at its manifest position.
         load_or_raise(Path(display) if display else manifest.path, check_images=True)
@@ -129,9 +129,9 @@ def check_uploads(manifest: Manifest, display: str, plan: Plan) -> None:
     ``api.max_upload_mb``; jobs left as they are cost nothing (a no-op plan reads no image)."""
     if manifest.api.max_upload_mb is None:
         return
-    from runner.plan import SUBMITTING_ACTIONS
-    from runner.resize import ResizeCache
-    from runner.upload import upload_problems
+    from runner.engine.plan import SUBMITTING_ACTIONS
+    from runner.engine.upload import upload_problems
+    from runner.manifest.resize import ResizeCache
 
     sent = [c.job for c in plan.changes if c.job is not None and c.action in {*SUBMITTING_ACTIONS, "blocked"}]
     if not sent:

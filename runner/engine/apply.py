@@ -25,8 +25,12 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
-from runner import logsetup, wire
-from runner.client import ApiClient, SubmitResult, Uncertain, Unreachable, idempotency_key
+from runner import logsetup
+from runner.api import wire
+from runner.api.client import ApiClient, SubmitResult, Uncertain, Unreachable, idempotency_key
+from runner.api.polling import TrainingTimes, poll_delay
+from runner.engine.plan import Change, Plan
+from runner.engine.upload import Preparer, too_large_hint
 from runner.errors import (
     EXIT_CREDIT,
     EXIT_INCOMPLETE,
@@ -36,15 +40,12 @@ from runner.errors import (
     ApiError,
     InsufficientCredit,
 )
-from runner.fingerprint import Fingerprinted
-from runner.lockfile import LockEntry, LockfileWriteError, LockSession
+from runner.manifest.resize import ResizeCache, Resized, StaleResize
 from runner.models import ApiSettings
-from runner.plan import Change, Plan
-from runner.polling import TrainingTimes, poll_delay
-from runner.resize import ResizeCache, Resized, StaleResize
-from runner.upload import Preparer, too_large_hint
+from runner.state.fingerprint import Fingerprinted
+from runner.state.lockfile import LockEntry, LockfileWriteError, LockSession
 
-log = logsetup.get_logger("runner.apply")
+log = logsetup.get_logger("runner.engine.apply")
 
 INTERRUPT_GRACE = 10.0  # seconds an in-flight upload may finish after Ctrl-C
 MAX_UNREADABLE = 5  # unreadable status answers in a row before a job is no longer followed

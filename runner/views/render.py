@@ -22,13 +22,13 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from runner.endpoint import accepts, made_at
-from runner.lockfile import LockEntry
+from runner.api.endpoint import accepts, made_at
+from runner.engine.plan import ACTIONS, Change, Plan, natural_key
 from runner.logsetup import clean, clean_lines, guard, json_safe, safe
-from runner.plan import ACTIONS, Change, Plan, natural_key
+from runner.state.lockfile import LockEntry
 
-if TYPE_CHECKING:  # runner.apply brings httpx and anyio, which plan and status never use
-    from runner.apply import ApplyResult
+if TYPE_CHECKING:  # runner.engine.apply brings httpx and anyio, which plan and status never use
+    from runner.engine.apply import ApplyResult
 
 SYMBOLS = {
     "create": "+",
@@ -74,7 +74,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "summary": plan.summary(),
         "jobs": [_job_document(c) for c in plan.changes],
     }
-    if plan.trust is not None:  # where the key goes, and trust changes (runner.trust)
+    if plan.trust is not None:  # where the key goes, and trust changes (runner.engine.trust)
         doc["trust"] = plan.trust.to_dict()
     if plan.prune:  # plan --prune: the orphans would be dropped
         doc["prune"] = True

@@ -19,7 +19,7 @@ and the setting, never the downscaled bytes' digest, so a new Pillow version (wh
 encoder may write other bytes) never replaces a trained job.
 
 The cache: the downscaled files are derived data, kept in the per-user cache folder
-(``runner.usercache``: never under the repository, where a commit could plant a file that
+(``runner.cache``: never under the repository, where a commit could plant a file that
 claims to be the downscaled copy of an image), under ``resized/``, named by a hash of the
 original's digest, the setting and ``RESIZE_VERSION``. Each file has a sealed sidecar
 (``usercache.write_sealed``) holding its size and sha256; a file is used only when its
@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from runner import usercache
+from runner import cache as usercache
 from runner.atomic import NOFOLLOW, atomic_write_bytes
-from runner.images import MAX_PIXELS, open_regular
+from runner.manifest.images import MAX_PIXELS, open_regular
 
 # Bump when the bytes written for a given input and setting change (the cache key only;
 # the fingerprint never depends on it).
@@ -114,7 +114,7 @@ class StaleResize(Exception):
 
 def read_info(path: Path) -> ImageInfo:
     """The header's size and format (no pixels decoded); OSError when it is not an image."""
-    from runner.images import _FORMATS, _pil
+    from runner.manifest.images import _FORMATS, _pil
 
     image_mod, unidentified = _pil()
     with open_regular(path) as fh, warnings.catch_warnings():
@@ -157,7 +157,7 @@ def downscale(path: Path, setting: Setting) -> tuple[bytes, int, int]:
     """
     from PIL import Image, ImageOps
 
-    from runner.images import _FORMATS
+    from runner.manifest.images import _FORMATS
 
     with open_regular(path) as fh, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)

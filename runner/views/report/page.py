@@ -2,7 +2,7 @@
 
 The file must open anywhere, forever: attached to a CI run, mailed, opened offline years
 later. So it is self-contained: every sample is embedded as a ``data:`` URI (see
-``runner.report_fetch``), the style and script are inline, and a Content-Security-Policy
+``runner.views.report.fetch``), the style and script are inline, and a Content-Security-Policy
 meta tag (``default-src 'none'``, images only from ``data:``, the inline style and script
 allowed by their hashes) makes the browser refuse any request the page might try.
 
@@ -22,10 +22,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from runner.report_cards import Card, Sample, Section
-from runner.report_policy import NOT_FROM_ORIGIN
+from runner.views.report.cards import Card, Sample, Section
+from runner.views.report.policy import NOT_FROM_ORIGIN
 
-_TEMPLATES = files("runner") / "templates"
+_TEMPLATES = files("runner.views.report") / "templates"
 STYLE = (_TEMPLATES / "report.css").read_text(encoding="utf-8")
 SCRIPT = (_TEMPLATES / "report.js").read_text(encoding="utf-8")
 PROMPT_SHOWN = 400  # characters of a Kontext prompt on a card; the whole one in the tooltip
@@ -136,7 +136,7 @@ def _template() -> Any:
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(
-        loader=PackageLoader("runner", "templates"),
+        loader=PackageLoader("runner.views.report", "templates"),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,

@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import schema as schemacheck
-from runner.checks import Checker, clip
 from runner.diagnostics import Diagnostic, Severity, format_path, sort_diagnostics
 from runner.errors import InputError
 from runner.gcpause import paused_gc
 from runner.logsetup import register_secret
+from runner.manifest import schema as schemacheck
+from runner.manifest.checks import Checker, clip
+from runner.manifest.loader import Document, PathPart, YamlError, load_file
 from runner.models import ApiSettings, Manifest
-from runner.yamlload import Document, PathPart, YamlError, load_file
 
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -143,7 +143,7 @@ def load_or_raise(
     if found:
         from runner import logsetup
 
-        log = logsetup.get_logger("runner.manifest")
+        log = logsetup.get_logger("runner.manifest.read")
         for d in found:
             log.warning("manifest_warning", diagnostic=d.format(), file=d.file, line=d.line, path=d.path)
         if warnings is not None:

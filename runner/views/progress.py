@@ -13,10 +13,10 @@ import threading
 import time
 from typing import Any
 
-from runner.apply import ApplyResult, Heartbeat, elapsed_text
-from runner.eta import Durations, EtaShape, entry_shape, remaining, wall_time
-from runner.lockfile import LockEntry
+from runner.engine.apply import ApplyResult, Heartbeat, elapsed_text
 from runner.logsetup import safe
+from runner.state.lockfile import LockEntry
+from runner.views.eta import Durations, EtaShape, entry_shape, remaining, wall_time
 
 ACTIVE = ("submitting", "training", "uncertain")
 
@@ -142,7 +142,7 @@ def print_summary_table(result: ApplyResult, lockfile: str | None = None, comman
     from rich.table import Table
     from rich.text import Text
 
-    from runner.render import apply_headline, apply_rows, lockfile_line, resume_lines
+    from runner.views.render import apply_headline, apply_rows, lockfile_line, resume_lines
 
     console = Console()
     styles = {"succeeded": "green", "failed": "red", "uncertain": "yellow", "training": "cyan"}

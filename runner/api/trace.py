@@ -66,7 +66,7 @@ FORM_EXTENSION = "runner.form"
 DROPPED_HEADERS = frozenset({"x-api-key"})
 MASKED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
-log = logsetup.get_logger("runner.trace")
+log = logsetup.get_logger("runner.api.trace")
 
 
 class TraceFile:

@@ -10,7 +10,7 @@ journal is emptied. A crash therefore loses at most the change in flight, and ev
 replays the journal over the lockfile first.
 
 The lockfile is the only state (DESIGN section 3): the parsed-lockfile cache lives in the
-per-user cache folder, sealed (``runner.usercache``), never beside the lockfile where a pull
+per-user cache folder, sealed (``runner.cache``), never beside the lockfile where a pull
 request could commit one. The lockfile, the journal, ``.runner`` and the lock are opened
 without following symlinks and must be regular files (folders: a real folder); a journal
 record is checked against the lockfile schema's entry, like the lockfile's own entries.
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from runner import usercache
+from runner import cache as usercache
 from runner.atomic import (
     UnsafeStateFile,
     atomic_write_text,
@@ -83,7 +83,7 @@ class LockEntry:
     error: dict[str, Any] | None = None
     # Where the entry was made: "sandbox" or an endpoint's origin (DESIGN section 4).
     api: str | None = None
-    # The variable the key for this entry is read from (runner.trust): a change is shown and
+    # The variable the key for this entry is read from (runner.engine.trust): a change is shown and
     # needs approval. None in lockfiles written before it existed (read as the default).
     api_key_env: str | None = None
     # The raw text of an answer runner could not read (first 16 KiB), kept for the user.
@@ -294,7 +294,7 @@ def _invalid(lockfile: Path, message: str, path: str = "", line: int = 0) -> Inp
 def _validate_document(lockfile: Path, doc: Any) -> None:
     from jsonschema import Draft202012Validator
 
-    from runner.schemafiles import load_schema
+    from runner.shipped_schemas import load_schema
 
     validator = Draft202012Validator(load_schema("lockfile"))
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
@@ -330,7 +330,7 @@ def _unsafe(path: Path, exc: OSError, what: str, fix: str = "remove it") -> Inpu
 
 def _cache_key(raw: bytes) -> str:
     """The lockfile's bytes, and what turned them into a valid document (schema, PyYAML)."""
-    from runner.schemafiles import load_schema
+    from runner.shipped_schemas import load_schema
 
     h = hashlib.sha256(raw)
     h.update(json.dumps([PARSED_CACHE_VERSION, yaml.__version__, load_schema("lockfile")],
@@ -432,7 +432,7 @@ def _record_validator() -> Any:
     own job-name rule and entry definition, so a record is exactly as valid as an entry."""
     from jsonschema import Draft202012Validator
 
-    from runner.schemafiles import load_schema
+    from runner.shipped_schemas import load_schema
 
     lock = load_schema("lockfile")
     names = lock["properties"]["jobs"].get("propertyNames", {})

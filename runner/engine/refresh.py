@@ -1,7 +1,7 @@
 """``--refresh`` for plan and status: ask the API about entries still training.
 
 Read-only: the answers change what is shown, never the lockfile (only apply writes it).
-A trust change that needs approval (``runner.trust``: the manifest now targets another
+A trust change that needs approval (``runner.engine.trust``: the manifest now targets another
 endpoint, or reads the key from another variable, than the lockfile's entries were made
 with) is refused before the key is read: a pull request's plan never sends the key to a
 host nobody reviewed.
@@ -13,17 +13,17 @@ import os
 
 import anyio
 
-from runner import wire
-from runner.apply import utcnow
-from runner.client import ApiClient
-from runner.endpoint import accepts, connect, made_at, target_identity
+from runner.api import wire
+from runner.api.client import ApiClient
+from runner.api.endpoint import accepts, connect, made_at, target_identity
+from runner.api.ratelimit import TokenBucket
+from runner.engine.apply import utcnow
+from runner.engine.pipeline import Prepared
+from runner.engine.plan import Plan, make_plan
+from runner.engine.trust import assess, refuse
 from runner.errors import ApiError
-from runner.lockfile import LockEntry
 from runner.models import Manifest
-from runner.plan import Plan, make_plan
-from runner.ratelimit import TokenBucket
-from runner.trust import assess, refuse
-from runner.workspace import Prepared
+from runner.state.lockfile import LockEntry
 
 
 def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[str, LockEntry]:

@@ -21,7 +21,7 @@ status checks alone would take 5 requests/s).
 
 from __future__ import annotations
 
-from runner.wire import Shape
+from runner.api.wire import Shape
 
 POLL_SHARE = 0.05  # wait at most this share of the time already waited...
 POLL_MAX_FACTOR = 6.0  # ...and never more than this many poll_intervals

@@ -418,7 +418,7 @@ def _check_image(fh: IO[bytes], size: int) -> str | None:
     except Image.DecompressionBombError:
         return f"image has too many pixels (over {MAX_PIXELS}; refused as a decompression bomb)"
     except UnidentifiedImageError:
-        from runner.lfs import pointer_problem  # a checkout without LFS: say so (issue 14)
+        from runner.manifest.lfs import pointer_problem  # a checkout without LFS: say so (issue 14)
 
         return pointer_problem(fh, size) or "not a JPEG, PNG or WebP image"
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as exc:

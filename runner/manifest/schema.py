@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from runner import __version__
 from runner.diagnostics import Diagnostic, format_path
-from runner.schemafiles import load_schema
-from runner.yamlload import Document, PathPart
+from runner.manifest.loader import Document, PathPart
+from runner.shipped_schemas import load_schema
 
 if TYPE_CHECKING:  # jsonschema costs 50 ms to import; only a cache miss needs it
     from jsonschema import Draft202012Validator

@@ -1,0 +1,1 @@
+"""``runner report``: cards from the lockfile, samples fetched under a policy, one page."""
