@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.state.lockfile import LockEntry
+from runner.models import LockEntry
 from runner.views.eta import Durations, entry_shape, remaining, wall_time
 
 A = ("FluxFinetune", "Auto", 10, 0)

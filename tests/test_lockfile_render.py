@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.state.lockfile import LockEntry, LockState
+from runner.models import LockEntry
+from runner.state.lockfile import LockState
 
 TRICKY = [
     "", " ", "null", "Null", "~", "yes", "No", "on", "true", "1", "0x1f", "1e3", "1_000", ".5",

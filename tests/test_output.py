@@ -10,7 +10,8 @@ from helpers import run_runner
 
 from runner.commands.output import env_name, render
 from runner.errors import UsageError
-from runner.state.lockfile import LockEntry, LockState
+from runner.models import LockEntry
+from runner.state.lockfile import LockState
 
 
 def _lock(tmp_path: Path) -> Path:

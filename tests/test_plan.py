@@ -9,9 +9,8 @@ import pytest
 
 from runner.engine.plan import make_plan
 from runner.errors import UsageError
-from runner.models import Job
+from runner.models import Job, LockEntry
 from runner.state.fingerprint import Fingerprinted
-from runner.state.lockfile import LockEntry
 
 FP_A = "sha256:" + "a" * 64
 FP_B = "sha256:" + "b" * 64

@@ -449,7 +449,7 @@ def test_a_missing_sample_says_why_in_words_a_user_understands(problem: str, hea
 
 def test_cards_show_what_was_trained_and_copy_only_a_usable_word() -> None:
     """lora_prefix, iterations and the Kontext prompt from the entry's inputs; Copy only when it succeeded."""
-    from runner.state.lockfile import LockEntry
+    from runner.models import LockEntry
 
     entries = {
         "a10": LockEntry("sha256:1", "succeeded", trigger_word="CAR_X1", option="FluxKontextFinetune",

@@ -21,7 +21,7 @@ from runner.logsetup import register_secret
 from runner.models import Manifest
 
 if TYPE_CHECKING:
-    from runner.state.lockfile import LockEntry
+    from runner.models import LockEntry
 
 SANDBOX = "sandbox"
 SANDBOX_KEY = "sandbox-local-key"

@@ -36,8 +36,8 @@ from runner.engine.plan import SUBMITTING_ACTIONS, Plan, make_plan
 from runner.engine.trust import key_env_amendments, refuse, with_text
 from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.manifest.many import expand_manifests, worst
-from runner.models import Manifest
-from runner.state.lockfile import LockEntry, LockSession
+from runner.models import LockEntry, Manifest
+from runner.state.lockfile import LockSession
 from runner.views.render import apply_summary, plan_text
 
 log = logsetup.get_logger("runner.engine.apply")

@@ -39,8 +39,8 @@ from runner.api.endpoint import SANDBOX, accepts, made_at, target_identity
 from runner.api.wire import is_trigger_word
 from runner.errors import InputError, UsageError
 from runner.logsetup import clean, guard, json_safe, safe
-from runner.models import ApiSettings, Manifest
-from runner.state.lockfile import LockEntry, read_lockfile
+from runner.models import ApiSettings, LockEntry, Manifest
+from runner.state.lockfile import read_lockfile
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,9 +41,9 @@ from runner.errors import (
     InsufficientCredit,
 )
 from runner.manifest.resize import ResizeCache, Resized, StaleResize
-from runner.models import ApiSettings
+from runner.models import ApiSettings, LockEntry
 from runner.state.fingerprint import Fingerprinted
-from runner.state.lockfile import LockEntry, LockfileWriteError, LockSession
+from runner.state.lockfile import LockfileWriteError, LockSession
 
 log = logsetup.get_logger("runner.engine.apply")
 

@@ -22,8 +22,7 @@ from runner.engine.pipeline import Prepared
 from runner.engine.plan import Plan, make_plan
 from runner.engine.trust import assess, refuse
 from runner.errors import ApiError
-from runner.models import Manifest
-from runner.state.lockfile import LockEntry
+from runner.models import LockEntry, Manifest
 
 
 def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[str, LockEntry]:

@@ -26,8 +26,7 @@ from typing import Any
 
 from runner.api.endpoint import accepts, is_loopback_identity
 from runner.errors import UsageError
-from runner.models import ApiSettings
-from runner.state.lockfile import LockEntry
+from runner.models import ApiSettings, LockEntry
 
 DEFAULT_KEY_ENV = ApiSettings.api_key_env
 APPROVE_FLAG = "--allow-trust-change"

@@ -24,9 +24,9 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -41,85 +41,11 @@ from runner.atomic import (
 )
 from runner.diagnostics import Diagnostic, format_path
 from runner.errors import InputError, LockHeldError, RunnerError
+from runner.models import ENTRY_KEYS, LockEntry
 
-Status = Literal["pending", "submitting", "uncertain", "training", "succeeded", "failed"]
 LOCK_VERSION = 1
 PARSED_CACHE_VERSION = 1
 HEADER = "# Written by runner; do not edit.\n"
-# Key order in the file: what a reviewer looks at first comes first.
-ENTRY_KEYS = (
-    "fingerprint",
-    "status",
-    "asset_id",
-    "trigger_word",
-    "option",
-    "finetune_type",
-    "images",
-    "results",
-    "submitted_at",
-    "finished_at",
-    "error",
-    "api",
-    "api_key_env",
-    "answer",
-    "attempt",
-    "idempotency_key",
-    "inputs",
-)
-
-
-@dataclass(frozen=True)
-class LockEntry:
-    fingerprint: str
-    status: Status
-    asset_id: str | None = None
-    trigger_word: str | None = None
-    option: str | None = None
-    finetune_type: str | None = None
-    images: int = 0
-    results: tuple[str, ...] = ()
-    submitted_at: str | None = None
-    finished_at: str | None = None
-    error: dict[str, Any] | None = None
-    # Where the entry was made: "sandbox" or an endpoint's origin (DESIGN section 4).
-    api: str | None = None
-    # The variable the key for this entry is read from (runner.engine.trust): a change is shown and
-    # needs approval. None in lockfiles written before it existed (read as the default).
-    api_key_env: str | None = None
-    # The raw text of an answer runner could not read (first 16 KiB), kept for the user.
-    answer: str | None = None
-    attempt: int = 0
-    idempotency_key: str | None = None
-    inputs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: its recursive deep copy cost more than everything else a
-        # journal record does (every state change, and every entry at every flush).
-        raw = {k: getattr(self, k) for k in ENTRY_KEYS}
-        raw["results"] = list(self.results)
-        raw["inputs"] = _copy_json(self.inputs)
-        if self.error is not None:
-            raw["error"] = _copy_json(self.error)
-        return raw
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> LockEntry:
-        data = {k: raw[k] for k in ENTRY_KEYS if k in raw}
-        data["results"] = tuple(data.get("results") or ())
-        data["inputs"] = dict(data.get("inputs") or {})
-        return cls(**data)
-
-    def evolve(self, **changes: Any) -> LockEntry:
-        return replace(self, **changes)
-
-
-def _copy_json(value: Any) -> Any:
-    """A copy of JSON-shaped data, so a document never shares a dict with an entry."""
-    if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copy_json(v) for v in value]
-    return value
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from runner.state.lockfile import LockEntry
+from runner.models import LockEntry
 
 EtaShape = tuple[str | None, str | None, int, object]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from runner.engine.apply import ApplyResult, Heartbeat, elapsed_text
 from runner.logsetup import safe
-from runner.state.lockfile import LockEntry
+from runner.models import LockEntry
 from runner.views.eta import Durations, EtaShape, entry_shape, remaining, wall_time
 
 ACTIVE = ("submitting", "training", "uncertain")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from runner.api.endpoint import accepts, made_at
 from runner.engine.plan import ACTIONS, Change, Plan, natural_key
 from runner.logsetup import clean, clean_lines, guard, json_safe, safe
-from runner.state.lockfile import LockEntry
+from runner.models import LockEntry
 
 if TYPE_CHECKING:  # runner.engine.apply brings httpx and anyio, which plan and status never use
     from runner.engine.apply import ApplyResult

@@ -32,7 +32,7 @@ from runner import logsetup
 from runner.api.endpoint import check_endpoint_url, inferred_api, is_loopback
 from runner.diagnostics import Diagnostic
 from runner.errors import InputError, UsageError
-from runner.state.lockfile import LockEntry
+from runner.models import LockEntry
 from runner.views.render import md_code, status_table
 
 # What a pull request writes: Markdown, HTML, links, images, mentions, a table row break,

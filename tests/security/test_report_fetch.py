@@ -327,7 +327,7 @@ def test_internal_hosts_are_never_contacted(tmp_path: Path) -> None:
         )
         return fetcher
 
-    from runner.state.lockfile import LockEntry
+    from runner.models import LockEntry
 
     entry = LockEntry.from_dict(
         {"fingerprint": "sha256:" + "0" * 64, "status": "succeeded", "results": internal + allowed}

@@ -217,7 +217,7 @@ LIVE = "https://api.vimmerse.net"
 
 
 def _entry(api: str | None, key_env: str | None = "VIMMERSE_API_KEY") -> object:
-    from runner.state.lockfile import LockEntry
+    from runner.models import LockEntry
 
     return LockEntry(fingerprint="sha256:" + "0" * 64, status="succeeded", api=api, api_key_env=key_env)
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.engine.plan import natural_key
-from runner.models import Job
-from runner.state.lockfile import LockEntry
+from runner.models import Job, LockEntry
 
 
 @dataclass
