@@ -1,16 +1,21 @@
-"""Frozen values that flow through runner: manifest -> validate -> plan -> apply -> lockfile.
+"""The values that flow through runner: manifest -> validate -> plan -> apply -> lockfile.
 
-The manifest loader produces ``Manifest``; the planner compares ``Job`` with ``LockEntry``
-and returns a ``Plan``; apply turns plan items into lock entries.
+The manifest loader produces ``Manifest`` of ``Job``; fingerprinting makes ``Fingerprinted``
+(with the ``ImageInfo`` of downscaled images); the planner compares those with ``LockEntry``
+and returns a ``Plan``; apply turns plan items into lock entries and reports an
+``ApplyResult`` of ``Outcome``. They live here, in the base, so the pure planner and the views
+import values, never the I/O modules that read and write them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from runner.diagnostics import Diagnostic
+from runner.errors import EXIT_CREDIT, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK
 
 OPTIONS = ("FluxFinetune", "FluxProFinetune", "FluxKontextFinetune")
 FINETUNE_TYPES = ("Auto", "Character", "Product", "Style")
@@ -183,3 +188,85 @@ def _copy_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_copy_json(v) for v in value]
     return value
+
+
+def utcnow() -> str:
+    """Now, as the lockfile writes a moment (``submitted_at``, ``finished_at``): UTC, to the second."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An image's stored size (before orientation) and format, from its header."""
+
+    width: int
+    height: int
+    fmt: str
+
+    @property
+    def longer(self) -> int:
+        return max(self.width, self.height)
+
+    def to_list(self) -> list[Any]:
+        return [self.width, self.height, self.fmt]
+
+    @classmethod
+    def from_list(cls, value: Any) -> ImageInfo | None:
+        if (
+            isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) for v in value[:2])
+            and isinstance(value[2], str)
+        ):
+            return cls(value[0], value[1], value[2])
+        return None
+
+
+@dataclass(frozen=True)
+class Fingerprinted:
+    """A job with the fingerprint of the request it makes (``runner.state.fingerprint``)."""
+
+    job: Job
+    fingerprint: str
+    inputs: dict[str, Any]
+    # The images sent downscaled (``upload.max_side``): path text -> (digest, header facts).
+    resize: dict[str, tuple[str, ImageInfo]] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What apply did with one job: a failed job is a value, not an exception."""
+
+    name: str
+    action: str
+    status: str  # the lock status at the end, or "skipped"
+    trigger_word: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class ApplyResult:
+    """A whole apply; ``exit_code`` is the one place its outcome becomes an exit code."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    credit_exhausted: bool = False
+    interrupted: bool = False
+    fatal: str | None = None
+    pruned: list[str] = field(default_factory=list)
+    # At the end: targeted jobs the service may still be training (paid; they keep running).
+    on_service: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether this run did anything beyond confirming jobs already done."""
+        return bool(self.pruned or self.on_service) or any(o.action != "noop" for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.fatal:
+            return EXIT_INPUT
+        if self.credit_exhausted:
+            return EXIT_CREDIT
+        if any(o.status != "succeeded" for o in self.outcomes):
+            return EXIT_INCOMPLETE
+        return EXIT_OK

@@ -9,8 +9,7 @@ import pytest
 
 from runner.engine.plan import make_plan
 from runner.errors import UsageError
-from runner.models import Job, LockEntry
-from runner.state.fingerprint import Fingerprinted
+from runner.models import Fingerprinted, Job, LockEntry
 
 FP_A = "sha256:" + "a" * 64
 FP_B = "sha256:" + "b" * 64

@@ -12,7 +12,6 @@ from PIL import Image, ImageCms
 
 from runner import cache as usercache
 from runner.manifest.resize import (
-    ImageInfo,
     ResizeCache,
     Setting,
     StaleResize,
@@ -20,7 +19,7 @@ from runner.manifest.resize import (
     open_verified,
     sent_id,
 )
-from runner.models import Job
+from runner.models import ImageInfo, Job
 from runner.state.fingerprint import DigestCache, fingerprint_jobs
 
 

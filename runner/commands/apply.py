@@ -30,13 +30,13 @@ from runner.api.client import ApiClient
 from runner.api.endpoint import Connection, connect, target_identity, with_api
 from runner.api.ratelimit import TokenBucket
 from runner.diagnostics import Diagnostic
-from runner.engine.apply import Applier, ApplyOptions, ApplyResult, LogReporter, Reporter
+from runner.engine.apply import Applier, ApplyOptions, LogReporter, Reporter
 from runner.engine.pipeline import Prepared, prepare
 from runner.engine.plan import SUBMITTING_ACTIONS, Plan, make_plan
 from runner.engine.trust import key_env_amendments, refuse, with_text
 from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.manifest.many import expand_manifests, worst
-from runner.models import LockEntry, Manifest
+from runner.models import ApplyResult, LockEntry, Manifest
 from runner.state.lockfile import LockSession
 from runner.views.render import apply_summary, plan_text
 

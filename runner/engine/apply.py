@@ -17,8 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,24 +26,16 @@ import structlog
 
 from runner import logsetup
 from runner.api import wire
-from runner.api.client import ApiClient, idempotency_key
+from runner.api.client import ApiClient, SubmitResult, Uncertain, Unreachable, idempotency_key
 from runner.api.polling import TrainingTimes, poll_delay
 from runner.engine.plan import Change, Plan
 from runner.engine.upload import Preparer, too_large_hint
 from runner.errors import (
-    EXIT_CREDIT,
-    EXIT_INCOMPLETE,
-    EXIT_INPUT,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     ApiError,
     InsufficientCredit,
-    Uncertain,
-    Unreachable,
 )
 from runner.manifest.resize import ResizeCache, Resized, StaleResize
-from runner.models import ApiSettings, LockEntry
-from runner.state.fingerprint import Fingerprinted
+from runner.models import ApiSettings, ApplyResult, Fingerprinted, LockEntry, Outcome, utcnow
 from runner.state.lockfile import LockfileWriteError, LockSession
 
 log = logsetup.get_logger("runner.engine.apply")
@@ -79,10 +70,6 @@ def elapsed_text(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def utcnow() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True)
 class ApplyOptions:
     no_wait: bool = False
@@ -90,15 +77,6 @@ class ApplyOptions:
     prune: bool = False
     parallelism: int | None = None
     flush_interval: float = 5.0
-
-
-@dataclass
-class Outcome:
-    name: str
-    action: str
-    status: str  # the lock status at the end, or "skipped"
-    trigger_word: str | None = None
-    message: str | None = None
 
 
 class Reporter(Protocol):
@@ -149,34 +127,6 @@ class LogReporter:
             fields.update(longest=beat.longest, longest_elapsed=elapsed_text(beat.longest_seconds),
                           longest_seconds=round(beat.longest_seconds, 1))
         log.info("apply.heartbeat", **fields)
-
-
-@dataclass
-class ApplyResult:
-    outcomes: list[Outcome] = field(default_factory=list)
-    credit_exhausted: bool = False
-    interrupted: bool = False
-    fatal: str | None = None
-    pruned: list[str] = field(default_factory=list)
-    # At the end: targeted jobs the service may still be training (paid; they keep running).
-    on_service: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """Whether this run did anything beyond confirming jobs already done."""
-        return bool(self.pruned or self.on_service) or any(o.action != "noop" for o in self.outcomes)
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        if self.fatal:
-            return EXIT_INPUT
-        if self.credit_exhausted:
-            return EXIT_CREDIT
-        if any(o.status != "succeeded" for o in self.outcomes):
-            return EXIT_INCOMPLETE
-        return EXIT_OK
 
 
 class _Unrecordable(Exception):
@@ -535,7 +485,7 @@ class Applier:
                 self._record(change, entry, message)
                 self._outcome(change, "failed", entry, message)
                 return entry
-            submitted = result
+            submitted = result.submitted
             made_by = "sandbox" if submitted.app_name == "sandbox" else self.api
             if not submitted.trigger_word:
                 message = (
@@ -560,7 +510,7 @@ class Applier:
             self.preparer = Preparer(ResizeCache(None), self.settings.max_uploads)
         return self.preparer
 
-    async def _post(self, fp: Fingerprinted, key: str, resized: dict[Path, Resized]) -> wire.Submitted:
+    async def _post(self, fp: Fingerprinted, key: str, resized: dict[Path, Resized]) -> SubmitResult:
         """Submit; a downscaled copy that fails its check before sending is made again once."""
         try:
             return await self.client.submit(fp.job, key, replay_for=self.settings.job_timeout, resized=resized)

@@ -16,8 +16,8 @@ from runner.atomic import UnsafeStateFile, check_state_dir
 from runner.engine.plan import Plan, make_plan
 from runner.errors import InputError
 from runner.gcpause import paused_gc
-from runner.models import Manifest
-from runner.state.fingerprint import DigestCache, Fingerprinted, fingerprint_jobs
+from runner.models import Fingerprinted, Manifest
+from runner.state.fingerprint import DigestCache, fingerprint_jobs
 from runner.state.lockfile import LockState, read_lockfile
 
 # runner's own state beside a manifest: the apply lock (``.runner/NAME.lock``) and the

@@ -32,8 +32,7 @@ from runner.api.endpoint import accepts, made_at
 from runner.api.wire import image_count
 from runner.engine.trust import Trust, assess
 from runner.errors import UsageError
-from runner.models import LockEntry
-from runner.state.fingerprint import Fingerprinted
+from runner.models import Fingerprinted, LockEntry
 
 Action = Literal["create", "replace", "resume", "retry", "blocked", "noop", "orphan"]
 ACTIONS: tuple[Action, ...] = (

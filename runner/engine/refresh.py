@@ -17,12 +17,11 @@ from runner.api import wire
 from runner.api.client import ApiClient
 from runner.api.endpoint import accepts, connect, made_at, target_identity
 from runner.api.ratelimit import TokenBucket
-from runner.engine.apply import utcnow
 from runner.engine.pipeline import Prepared
 from runner.engine.plan import Plan, make_plan
 from runner.engine.trust import assess, refuse
 from runner.errors import ApiError
-from runner.models import LockEntry, Manifest
+from runner.models import LockEntry, Manifest, utcnow
 
 
 def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[str, LockEntry]:

@@ -26,9 +26,8 @@ import anyio
 
 from runner.api import wire
 from runner.diagnostics import Diagnostic
-from runner.manifest.resize import ImageInfo, ResizeCache, Resized, Setting
-from runner.models import Job, Manifest
-from runner.state.fingerprint import Fingerprinted
+from runner.manifest.resize import ResizeCache, Resized, Setting
+from runner.models import Fingerprinted, ImageInfo, Job, Manifest
 
 MB = 1024 * 1024  # api.max_upload_mb counts as the sandbox's --max-upload-mb does
 SUGGESTED_MAX_SIDE = 1536

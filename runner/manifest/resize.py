@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 from runner import cache as usercache
 from runner.atomic import NOFOLLOW, atomic_write_bytes
 from runner.manifest.images import MAX_PIXELS, open_regular
+from runner.models import ImageInfo
 
 # Bump when the bytes written for a given input and setting change (the cache key only;
 # the fingerprint never depends on it).
@@ -59,31 +60,6 @@ LOSSY = frozenset({"JPEG", "WEBP"})
 _READ_FLAGS = os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _CHUNK = 1 << 20
 PURPOSE = "resized"
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """An image's stored size (before orientation) and format, from its header."""
-
-    width: int
-    height: int
-    fmt: str
-
-    @property
-    def longer(self) -> int:
-        return max(self.width, self.height)
-
-    def to_list(self) -> list[Any]:
-        return [self.width, self.height, self.fmt]
-
-    @classmethod
-    def from_list(cls, value: Any) -> ImageInfo | None:
-        if (
-            isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) for v in value[:2])
-            and isinstance(value[2], str)
-        ):
-            return cls(value[0], value[1], value[2])
-        return None
 
 
 @dataclass(frozen=True)

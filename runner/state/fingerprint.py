@@ -25,14 +25,14 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from runner.api.wire import canonical_request
 from runner.manifest.images import open_regular
-from runner.manifest.resize import ImageInfo, Setting, read_info, sent_id
-from runner.models import Job
+from runner.manifest.resize import Setting, read_info, sent_id
+from runner.models import Fingerprinted, ImageInfo, Job
 
 CACHE_VERSION = 1
 _CHUNK = 1 << 20
@@ -236,15 +236,6 @@ def inputs_summary(canon: dict[str, Any]) -> dict[str, Any]:
     else:
         summary["images"] = sha256_json(canon.get("image_urls", []))
     return summary
-
-
-@dataclass(frozen=True)
-class Fingerprinted:
-    job: Job
-    fingerprint: str
-    inputs: dict[str, Any]
-    # The images sent downscaled (``upload.max_side``): path text -> (digest, header facts).
-    resize: dict[str, tuple[str, ImageInfo]] = field(default_factory=dict)
 
 
 def upload_setting(job: Job) -> Setting | None:

@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Any
 
-from runner.engine.apply import ApplyResult, Heartbeat, elapsed_text
+from runner.engine.apply import Heartbeat, elapsed_text
 from runner.logsetup import safe
-from runner.models import LockEntry
+from runner.models import ApplyResult, LockEntry
 from runner.views.eta import Durations, EtaShape, entry_shape, remaining, wall_time
 
 ACTIVE = ("submitting", "training", "uncertain")

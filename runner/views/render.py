@@ -28,7 +28,7 @@ from runner.logsetup import clean, clean_lines, guard, json_safe, safe
 from runner.models import LockEntry
 
 if TYPE_CHECKING:  # runner.engine.apply brings httpx and anyio, which plan and status never use
-    from runner.engine.apply import ApplyResult
+    from runner.models import ApplyResult
 
 SYMBOLS = {
     "create": "+",

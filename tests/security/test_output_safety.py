@@ -244,7 +244,7 @@ def test_status_table_shows_markup_as_text() -> None:
 
 def test_live_apply_view_shows_markup_as_text(capsys: pytest.CaptureFixture[str]) -> None:
     """The apply progress line and summary table print messages as text, escaped."""
-    from runner.engine.apply import ApplyResult, Outcome
+    from runner.models import ApplyResult, Outcome
     from runner.views.progress import RichReporter, print_summary_table
 
     entry = LockEntry("sha256:" + "0" * 64, "failed", error={"status": 422, "message": HOSTILE})
