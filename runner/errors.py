@@ -4,11 +4,21 @@
     ├── UsageError              a bad flag or argument combination
     ├── InputError              bad manifest / lockfile / file; carries Diagnostics
     ├── LockHeldError           another apply holds the lockfile
-    └── ApiError                an answer from the finetune API (status, message)
-        └── InsufficientCredit  402: exit 4
+    ├── LockfileWriteError      (runner.state.lockfile) the journal or lockfile cannot be written
+    └── ApiError                an answer from the finetune API (status), or none (status 0)
+        ├── InsufficientCredit  402: exit 4
+        ├── KeyRefused          401/403: the key is refused; nothing more is sent
+        ├── Uncertain           a POST that may have started a paid training; its answer lost
+        ├── Unreachable         nothing reached the server (name, refused, TLS, timeout)
+        └── Transient           worth another try; kept inside the client's retry loops
+            ├── NotReached      the request never reached the server
+            ├── Busy            429: refused before anything was done
+            └── Replayable      a lost POST answer at an API that honours Idempotency-Key
 
-Per-job failures during apply are *values* (outcomes recorded in the lockfile), never
-exceptions escaping the task group; only real bugs show a traceback.
+An answer the wire format cannot read is a value (``runner.api.wire.Unreadable``), not an
+error. Per-job failures during apply are *values* (outcomes recorded in the lockfile), never
+exceptions escaping the task group; anything else is a bug: exit 70, after the lockfile is
+saved (``runner.cli``).
 """
 
 from __future__ import annotations
@@ -80,3 +90,48 @@ class InsufficientCredit(ApiError):
     """402 from the API: stop submitting, follow what runs, exit 4."""
 
     exit_code = EXIT_CREDIT
+
+
+class KeyRefused(ApiError):
+    """401/403: the API refused the key. Whatever the request, the run stops sending."""
+
+    def __init__(self, message: str, *, status: int, job: str | None = None) -> None:
+        super().__init__(f"the API refused the key (HTTP {status}): {message}", status=status, job=job)
+
+
+class Unreachable(ApiError):
+    """The endpoint could not be reached at all; ``message`` names the host and the cause."""
+
+
+class Uncertain(ApiError):
+    """The POST may have started a paid training, and we cannot know: never retried blindly.
+
+    ``answer``: the raw answer (a 5xx body) when one arrived, kept in the lockfile.
+    """
+
+    def __init__(self, message: str, *, status: int = 0, job: str | None = None,
+                 answer: str | None = None) -> None:
+        super().__init__(message, status=status, job=job)
+        self.answer = answer
+
+
+class Transient(ApiError):
+    """Worth another try: the server was busy, or the answer of a safe request was lost."""
+
+
+class NotReached(Transient):
+    """The request never reached the server: nothing can have happened there."""
+
+
+class Busy(Transient):
+    """429: the server refused the request before doing anything."""
+
+
+class Replayable(Transient):
+    """A POST whose answer was lost (or was a 5xx) at an API that honours Idempotency-Key:
+    replaying it under the same key cannot pay twice."""
+
+    def __init__(self, message: str, *, status: int = 0, job: str | None = None,
+                 answer: str | None = None) -> None:
+        super().__init__(message, status=status, job=job)
+        self.answer = answer

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from runner.api import wire
-from runner.api.client import ApiClient, RetryPolicy, Uncertain, Unreachable, idempotency_key
+from runner.api.client import ApiClient, RetryPolicy, idempotency_key
 from runner.api.ratelimit import TokenBucket
-from runner.errors import ApiError, InsufficientCredit
+from runner.errors import ApiError, InsufficientCredit, Uncertain, Unreachable
 from runner.models import Job
 
 FAST = RetryPolicy(attempts=4, timeout=10, wait_initial=0.01, wait_max=0.02, wait_jitter=0.0)

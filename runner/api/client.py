@@ -1,14 +1,9 @@
-"""The finetune API client: transport, retries and the rate limit; the only importer of httpx.
+"""The finetune API client: one method per route, retries and the rate limit.
 
 What a request carries and what an answer means is ``runner.api.wire``'s business; this module
-sends, retries and translates httpx's exceptions at one boundary, so everything above it
-speaks ``ApiError`` and its subclasses::
-
-    ApiError                 an answer (status) or no answer (status 0)
-    ├── InsufficientCredit   402
-    ├── Uncertain            a POST that may have started a paid training; its answer lost
-    ├── Unreachable          nothing reached the server (name, refused, TLS, timeout)
-    └── Transient            internal: worth another try (kept inside the retry loops)
+sends and retries, and with ``transport`` is the only importer of httpx, so everything above it
+speaks ``ApiError`` and its subclasses (the tree is drawn in ``runner.errors``). One
+exchange (the form, the deadline, the capped read) is ``runner.api.transport``'s.
 
 Retry rules (DESIGN section 6):
 - A request that never reached the server (name resolution, refused, TLS, connect timeout)
@@ -25,15 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import secrets
-import socket
-import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -43,8 +35,27 @@ import stamina
 from runner import __version__, logsetup
 from runner.api import wire
 from runner.api.ratelimit import TokenBucket
-from runner.errors import ApiError, InsufficientCredit
-from runner.manifest.images import open_regular
+from runner.api.transport import (
+    GET_DEADLINE,
+    Answer,
+    Form,
+    deadline_for,
+    exchange,
+    fields_form,
+    is_name_error,
+    job_form,
+)
+from runner.errors import (
+    ApiError,
+    Busy,
+    InsufficientCredit,
+    KeyRefused,
+    NotReached,
+    Replayable,
+    Transient,
+    Uncertain,
+    Unreachable,
+)
 from runner.models import Job
 
 if TYPE_CHECKING:
@@ -53,128 +64,14 @@ if TYPE_CHECKING:
 log = logsetup.get_logger("runner.api.client")
 
 REACH_BUDGET = 25.0  # seconds to decide that an endpoint cannot be reached at all
-MAX_RETRY_AFTER = 120.0  # a server's Retry-After is obeyed up to this many seconds
-# Whole-exchange deadlines: httpx's timeouts are per read, so an answer dripping one byte
-# every few seconds would otherwise hold a request (and its job slot) for ever.
-GET_DEADLINE = 120.0
-POST_DEADLINE = 900.0  # plus one second per UPLOAD_RATE bytes uploaded
-UPLOAD_RATE = 256 * 1024
 REACH_TIMEOUT = httpx.Timeout(connect=8.0, read=10.0, write=10.0, pool=10.0)
 DOCTOR_PREFIX = "runner-doctor-"
-
-
-class Transient(ApiError):
-    """Worth another try: the server was busy, or the answer of a safe request was lost."""
-
-
-class NotReached(Transient):
-    """The request never reached the server: nothing can have happened there."""
-
-
-class Busy(Transient):
-    """429: the server refused the request before doing anything."""
-
-
-class Replayable(Transient):
-    """A POST whose answer was lost (or was a 5xx) at an API that honours Idempotency-Key:
-    replaying it under the same key cannot pay twice."""
-
-    def __init__(self, message: str, *, status: int = 0, job: str | None = None,
-                 answer: str | None = None) -> None:
-        super().__init__(message, status=status, job=job)
-        self.answer = answer
-
-
-class Uncertain(ApiError):
-    """The POST may have started a paid training, and we cannot know: never retried blindly."""
-
-    def __init__(self, message: str, *, status: int = 0, job: str | None = None,
-                 answer: str | None = None) -> None:
-        super().__init__(message, status=status, job=job)
-        self.answer = answer
-
-
-class Unreachable(ApiError):
-    """The endpoint could not be reached at all; ``message`` names the host and the cause."""
 
 
 def idempotency_key(fingerprint: str, attempt: int) -> str:
     """Same job inputs and attempt -> same key, so replaying a lost POST cannot pay twice."""
     digest = hashlib.sha256(f"{fingerprint}:{attempt}".encode()).hexdigest()
     return f"runner-{digest[:40]}"
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One HTTP answer, body read in full (up to ``wire.MAX_ANSWER_BYTES`` and a chunk)."""
-
-    status: int
-    headers: httpx.Headers
-    body: bytes
-
-    @property
-    def message(self) -> str:
-        return wire.error_message(self.body, f"HTTP {self.status}")
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    submitted: wire.Submitted
-    key_echoed: bool
-
-    @property
-    def trigger_word(self) -> str | None:
-        return self.submitted.trigger_word
-
-    @property
-    def asset_id(self) -> str | None:
-        return self.submitted.asset_id
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, its causes and contexts, and the members of exception groups."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        if isinstance(current, BaseExceptionGroup):
-            todo.extend(current.exceptions)
-        for nxt in (current.__cause__, current.__context__):
-            if nxt is not None:
-                todo.append(nxt)
-
-
-def describe_transport_error(exc: BaseException, host: str) -> str:
-    """Name the host and the cause in words a user can act on."""
-    causes = list(_causes(exc))
-    for cause in causes:
-        if isinstance(cause, socket.gaierror):
-            return f"cannot resolve the host name {host} (name resolution failed: {cause.strerror or cause})"
-    for cause in causes:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS: the certificate of {host} could not be verified ({cause.verify_message or cause.reason})"
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS handshake with {host} failed ({cause.reason or cause})"
-    for cause in causes:
-        if isinstance(cause, ConnectionRefusedError):
-            return f"{host} refused the connection (nothing listens there)"
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) or any(
-        isinstance(c, TimeoutError) for c in causes
-    ):
-        return f"connecting to {host} timed out"
-    for cause in causes:
-        text = str(cause)
-        if "SSL" in text or "TLS" in text or "CERTIFICATE" in text:
-            return f"TLS with {host} failed ({text})"
-    return f"cannot connect to {host} ({type(exc).__name__}: {exc})"
-
-
-def _is_name_error(exc: BaseException) -> bool:
-    return any(isinstance(c, socket.gaierror) for c in _causes(exc))
 
 
 @dataclass
@@ -262,98 +159,46 @@ class ApiClient:
         deadline: float | None = None,
         resized: Mapping[Path, Resized] | None = None,
     ) -> Answer:
-        """Send one request and read its whole answer.
+        """Send one request (after a token of the bucket) and read its whole answer.
 
-        ``resized``: images sent as their downscaled copy (``upload.max_side``), each opened
-        and checked against its cache record (``resize.open_verified``, which raises
-        ``StaleResize`` before anything is sent when it does not match).
-
-        Raises ``NotReached`` when nothing reached the server, ``Transient`` (status 0)
-        when the request may have arrived but its answer was lost.
+        ``job``: the job's form, its images streamed (``resized``: the downscaled copies,
+        ``transport.job_form``); ``fields``: a form of text fields only. Raises what
+        ``transport.exchange`` raises.
         """
         await self.bucket.acquire()
         self.requests_sent += 1
         with contextlib.ExitStack() as stack:
-            files: list[tuple[str, Any]] | None = None
-            extensions: dict[str, Any] = {}
-            uploaded = 0  # bytes of the files, from the open handles: no second stat
             if job is not None:
-                # Always multipart/form-data, as documented, also for URL-only jobs: text
-                # fields as parts without a file name, then every image streamed from disk.
-                fields = wire.form_fields(job)
-                parts = wire.file_parts(job)
-                files = [(name, (None, value)) for name, value in fields]
-                smaller = resized or {}
-                for part in parts:
-                    small = smaller.get(part.path)
-                    if small is None:
-                        fh = stack.enter_context(open_regular(part.path))
-                    else:
-                        from runner.manifest.resize import open_verified
-
-                        fh = stack.enter_context(open_verified(small))
-                    uploaded += os.fstat(fh.fileno()).st_size
-                    files.append(("image_files", (part.filename, fh, part.mime)))
-                extensions["runner.form"] = {
-                    "fields": fields,
-                    "files": [_traced(p, smaller) for p in parts],
-                }
-            elif fields is not None:
-                files = [(name, (None, value)) for name, value in fields]
-                extensions["runner.form"] = {"fields": fields, "files": []}
-            if deadline is None:
-                deadline = GET_DEADLINE
-                if method == "POST":
-                    deadline = POST_DEADLINE + uploaded / UPLOAD_RATE
+                form = job_form(stack, job, resized or {})
+            else:
+                form = fields_form(fields) if fields is not None else Form()
             request = self.http.build_request(
-                method, path, files=files, headers=self._headers(key),
-                extensions=extensions or None,
+                method, path, files=form.files, headers=self._headers(key),
+                extensions=form.extensions,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
-            sent = False
-            try:
-                with anyio.fail_after(deadline):
-                    try:
-                        response = await self.http.send(request, stream=True)
-                    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                        raise NotReached(describe_transport_error(exc, self.host), job=job_name) from exc
-                    except httpx.TransportError as exc:
-                        raise Transient(
-                            f"the answer from {self.host} was lost ({type(exc).__name__})", job=job_name
-                        ) from exc
-                    sent = True
-                    try:
-                        body = await _read_capped(response)
-                    except httpx.TransportError as exc:
-                        raise Transient(
-                            f"the answer from {self.host} was cut off ({type(exc).__name__})", job=job_name
-                        ) from exc
-                    finally:
-                        await response.aclose()
-            except TimeoutError as exc:
-                what = "its answer" if sent else "an answer"
-                raise Transient(
-                    f"{self.host} did not finish {what} within {deadline:.0f}s", job=job_name
-                ) from exc
-        return Answer(response.status_code, response.headers, body)
+            return await exchange(
+                self.http, request, host=self.host, job=job_name,
+                deadline=deadline if deadline is not None else deadline_for(method, form.uploaded),
+            )
 
-    def _learn(self, answer: Answer, key: str | None) -> bool:
-        """Whether this answer echoed our key; an answer from the application itself tells
-        us whether the API honours keys at all."""
-        echoed = bool(key) and answer.headers.get("Idempotency-Key") == key
-        if key:
-            if echoed:
-                self.honours_idempotency = True
-            elif self.honours_idempotency is None and answer.status < 429:
-                self.honours_idempotency = False
-        return echoed
+    def _learn(self, answer: Answer, key: str) -> None:
+        """An answer that echoes our key shows the API honours keys; one from the
+        application itself (below 429) that does not, that it ignores them."""
+        if answer.headers.get("Idempotency-Key") == key:
+            self.honours_idempotency = True
+        elif self.honours_idempotency is None and answer.status < 429:
+            self.honours_idempotency = False
 
     def _busy(self, answer: Answer, job: str | None) -> Busy:
-        retry_after = _retry_after(answer)
+        retry_after = answer.retry_after()
         self.bucket.pause(retry_after if retry_after is not None else 1.0)
         return Busy(f"HTTP 429: {answer.message}", status=429, job=job, retry_after=retry_after)
 
     def _refusal(self, answer: Answer, job: str | None) -> ApiError:
+        """The error for an answer that refuses the request (3xx and 4xx but 429)."""
+        if answer.status in (401, 403):
+            return KeyRefused(answer.message, status=answer.status, job=job)
         if answer.status == 402:
             return InsufficientCredit(f"insufficient credit: {answer.message}", status=402, job=job)
         if answer.status in (301, 302, 303, 307, 308):
@@ -385,7 +230,7 @@ class ApiClient:
                 )
             except Transient as exc:
                 spent = self.clock() - started
-                last_try = (isinstance(exc, NotReached) and _is_name_error(exc) and tries >= 2)
+                last_try = (isinstance(exc, NotReached) and is_name_error(exc) and tries >= 2)
                 if last_try or spent + wait > budget:
                     raise Unreachable(
                         f"cannot reach the API at {self.base_url}: {exc.message}"
@@ -395,10 +240,7 @@ class ApiClient:
                 wait = min(wait * 2, 8.0)
                 continue
             if answer.status in (401, 403):
-                raise ApiError(
-                    f"the API refused the key (HTTP {answer.status}): {answer.message}",
-                    status=answer.status,
-                )
+                raise self._refusal(answer, None)
             return answer
 
     async def is_sandbox(self) -> bool:
@@ -417,7 +259,7 @@ class ApiClient:
     async def submit(
         self, job: Job, key: str, *, replay_for: float = 3600.0,
         resized: Mapping[Path, Resized] | None = None,
-    ) -> SubmitResult:
+    ) -> wire.Submitted:
         """POST the job once, retrying only what is safe (module docstring).
 
         ``replay_for`` bounds the replays under an echoed key (the job's timeout).
@@ -464,7 +306,7 @@ class ApiClient:
 
     async def _submit_once(
         self, job: Job, key: str, resized: Mapping[Path, Resized] | None = None
-    ) -> SubmitResult:
+    ) -> wire.Submitted:
         try:
             answer = await self._send(
                 "POST", "/finetune", job=job, key=key, job_name=job.name, resized=resized
@@ -478,7 +320,7 @@ class ApiClient:
             raise Uncertain(
                 f"the request was sent but its answer was lost: {exc.message}", job=job.name
             ) from exc
-        echoed = self._learn(answer, key)
+        self._learn(answer, key)
         if answer.status == 429:
             raise self._busy(answer, job.name)
         if answer.status >= 500:
@@ -493,7 +335,7 @@ class ApiClient:
             )
         if answer.status >= 300:
             raise self._refusal(answer, job.name)
-        return SubmitResult(wire.read_submit(answer.body, job.lora_prefix), echoed)
+        return wire.read_submit(answer.body, job.lora_prefix)
 
     async def probe_idempotency(self) -> bool:
         """Learn, for free, whether the API honours Idempotency-Key.
@@ -552,23 +394,11 @@ class ApiClient:
         if answer.status >= 500:
             raise Transient(f"HTTP {answer.status}: {answer.message}", status=answer.status, job=job)
         if answer.status in (401, 403):
-            raise ApiError(f"the API refused the key (HTTP {answer.status}): {answer.message}",
-                           status=answer.status, job=job)
+            raise self._refusal(answer, job)
         if answer.status >= 300:
             return wire.Unreadable(f"HTTP {answer.status}: {answer.message}",
                                    wire.answer_text(answer.body), answer.status)
         return wire.read_status(answer.body)
-
-
-def _traced(part: wire.FilePart, resized: Mapping[Path, Resized]) -> dict[str, Any]:
-    """A file part as ``--trace-http`` records it: the file actually sent, and for a
-    downscaled image also the original it was made from."""
-    small = resized.get(part.path)
-    out: dict[str, Any] = {"field": "image_files", "filename": part.filename,
-                           "path": str(part.path if small is None else small.path)}
-    if small is not None:
-        out["source"] = str(part.path)
-    return out
 
 
 def _transient_wait(exc: Exception) -> bool | float:
@@ -577,32 +407,3 @@ def _transient_wait(exc: Exception) -> bool | float:
             return max(exc.retry_after, 0.05)
         return True
     return False
-
-
-def _retry_after(answer: Answer) -> float | None:
-    """The server's Retry-After in seconds, clamped: a hostile or broken server must not be
-    able to park every request for days (the job's own timeout still bounds the total)."""
-    value = answer.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
-
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    """The body, but no more than ``wire.MAX_ANSWER_BYTES`` and one chunk: an answer larger
-    than that is unreadable anyway, and must not fill the memory of a CI runner."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > wire.MAX_ANSWER_BYTES:
-            break
-    return b"".join(chunks)

@@ -37,10 +37,11 @@ import anyio.to_thread
 
 from runner import logsetup
 from runner.api import wire
-from runner.api.client import DOCTOR_PREFIX, Answer, ApiClient, Unreachable
+from runner.api.client import DOCTOR_PREFIX, ApiClient
 from runner.api.endpoint import SANDBOX, api_identity, api_key_for, choose_endpoint, connect
 from runner.api.ratelimit import TokenBucket
-from runner.errors import ApiError, UsageError
+from runner.api.transport import Answer
+from runner.errors import ApiError, Unreachable, UsageError
 from runner.models import Manifest
 
 DEFAULT_MANIFEST = "runner.yaml"

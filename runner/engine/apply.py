@@ -26,13 +26,15 @@ import structlog
 
 from runner import logsetup
 from runner.api import wire
-from runner.api.client import ApiClient, SubmitResult, Uncertain, Unreachable, idempotency_key
+from runner.api.client import ApiClient, idempotency_key
 from runner.api.polling import TrainingTimes, poll_delay
 from runner.engine.plan import Change, Plan
 from runner.engine.upload import Preparer, too_large_hint
 from runner.errors import (
     ApiError,
     InsufficientCredit,
+    Uncertain,
+    Unreachable,
 )
 from runner.manifest.resize import ResizeCache, Resized, StaleResize
 from runner.models import ApiSettings, ApplyResult, Fingerprinted, LockEntry, Outcome, utcnow
@@ -485,7 +487,7 @@ class Applier:
                 self._record(change, entry, message)
                 self._outcome(change, "failed", entry, message)
                 return entry
-            submitted = result.submitted
+            submitted = result
             made_by = "sandbox" if submitted.app_name == "sandbox" else self.api
             if not submitted.trigger_word:
                 message = (
@@ -510,7 +512,7 @@ class Applier:
             self.preparer = Preparer(ResizeCache(None), self.settings.max_uploads)
         return self.preparer
 
-    async def _post(self, fp: Fingerprinted, key: str, resized: dict[Path, Resized]) -> SubmitResult:
+    async def _post(self, fp: Fingerprinted, key: str, resized: dict[Path, Resized]) -> wire.Submitted:
         """Submit; a downscaled copy that fails its check before sending is made again once."""
         try:
             return await self.client.submit(fp.job, key, replay_for=self.settings.job_timeout, resized=resized)

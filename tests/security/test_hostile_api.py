@@ -22,10 +22,11 @@ import pytest
 from apply_support import SECRET, lock_doc, runner, write_manifest
 from helpers import make_image, read_body
 
-from runner.api import client as client_module
+from runner.api import transport as transport_module
 from runner.api import wire
-from runner.api.client import ApiClient, RetryPolicy, Uncertain
+from runner.api.client import ApiClient, RetryPolicy
 from runner.api.ratelimit import TokenBucket
+from runner.errors import Uncertain
 from runner.models import Job
 from runner.sandbox.config import SandboxConfig
 
@@ -188,7 +189,7 @@ def test_a_dripping_post_answer_is_uncertain_within_its_deadline(
     tmp_path: Path, job: Job, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A POST whose answer drips is cut at its deadline and is uncertain (it may have started)."""
-    monkeypatch.setattr(client_module, "POST_DEADLINE", 2.0)
+    monkeypatch.setattr(transport_module, "POST_DEADLINE", 2.0)
     with hostile(tmp_path, "ok", post_mode="drip") as (url, _api):
         started = time.monotonic()
         with pytest.raises(Uncertain, match="did not finish"):
@@ -198,7 +199,7 @@ def test_a_dripping_post_answer_is_uncertain_within_its_deadline(
 
 def test_retry_after_is_clamped(tmp_path: Path, job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry-After: 999999999 pauses for the clamp, not for 30 years; then the POST goes on."""
-    monkeypatch.setattr(client_module, "MAX_RETRY_AFTER", 1.0)
+    monkeypatch.setattr(transport_module, "MAX_RETRY_AFTER", 1.0)
     with hostile(tmp_path, "ok", post_mode="retry_after") as (url, _api):
         started = time.monotonic()
         result = _client_run(url, lambda c: c.submit(job, "k"))
