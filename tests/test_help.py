@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import run_runner, write_manifest
 
-from runner.cli import build_parser
+from runner.cli_args import build_parser
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = "runner") -> list[tuple[str, argparse.ArgumentParser]]:

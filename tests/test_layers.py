@@ -37,7 +37,7 @@ def layer_of(module: str) -> str:
     if len(parts) == 1:
         return "base"
     head = parts[1]
-    if head in ("cli", "__main__"):
+    if head in ("cli", "cli_args", "__main__"):
         return "cli"
     if head in BASE:
         return "base"

@@ -54,7 +54,7 @@ def test_every_schema_key_is_in_the_reference() -> None:
 def test_exit_codes_and_commands_are_documented() -> None:
     """Every exit code constant and every CLI verb appears in the README."""
     from runner import errors
-    from runner.cli import build_parser
+    from runner.cli_args import build_parser
 
     codes = _section("Exit codes")
     for name in dir(errors):
@@ -135,7 +135,7 @@ def test_five_minute_walkthrough_runs_as_written(tmp_path: Path) -> None:
 @pytest.mark.parametrize("doc", ["README.md", "examples/README.md"])
 def test_documented_runner_commands_parse(doc: str) -> None:
     """Every `runner VERB ...` line in a code block parses with the real CLI (no stale flags)."""
-    from runner.cli import build_parser
+    from runner.cli_args import build_parser
 
     parser = build_parser()
     text = (REPO_ROOT / doc).read_text(encoding="utf-8")

@@ -17,7 +17,7 @@ import pytest
 from sandbox_support import HEADERS, FakeClock, image_parts
 
 from runner.api.endpoint import connect
-from runner.cli import build_parser
+from runner.cli_args import build_parser
 from runner.errors import UsageError
 from runner.models import Manifest
 from runner.sandbox.config import DIALECTS, SandboxConfig
