@@ -118,7 +118,7 @@ def test_legacy_entries_are_judged_by_their_sample_urls() -> None:
 
 
 def test_text_and_markdown_show_the_endpoint_change() -> None:
-    from runner.views.render import plan_markdown, plan_text
+    from runner.views.plan import plan_markdown, plan_text
 
     plan = make_plan("m.yaml", [fp("j"), fp("new")], {"j": entry("succeeded", api="sandbox")}, api=LIVE)
     text = plan_text(plan)
@@ -130,7 +130,7 @@ def test_text_and_markdown_show_the_endpoint_change() -> None:
 
 def test_replace_shows_old_and_new_values() -> None:
     """DESIGN section 5: old → new for each changed value; images as counts (the lock keeps a digest)."""
-    from runner.views.render import plan_document, plan_markdown, plan_text
+    from runner.views.plan import plan_document, plan_markdown, plan_text
 
     job = Fingerprinted(
         Job(name="j", images=tuple(Path(f"{i}.jpg") for i in range(13))), FP_B,
@@ -155,13 +155,13 @@ def test_same_image_count_keeps_the_bare_reason_and_a_missing_value_reads_none()
     (change,) = plan.changes
     assert change.reasons == ("prompt", "images")
     assert change.diff == (("prompt", None, "p"),)
-    from runner.views.render import plan_text
+    from runner.views.plan import plan_text
 
     assert "(prompt: (none) → p, images)" in plan_text(plan)
 
 
 def test_long_prompts_are_shortened_around_their_difference() -> None:
-    from runner.views.render import shorten_pair
+    from runner.views.plan import shorten_pair
 
     assert shorten_pair("short", "also short") == ("short", "also short")
     old, new = shorten_pair("turn the car red", "turn the car a deep glossy candy-apple red, keep the background")
@@ -173,7 +173,7 @@ def test_long_prompts_are_shortened_around_their_difference() -> None:
 
 def test_natural_order_in_every_view() -> None:
     """a2 before a10, in the plan and so in text, markdown and json."""
-    from runner.views.render import plan_document, plan_markdown, plan_text
+    from runner.views.plan import plan_document, plan_markdown, plan_text
 
     plan = make_plan("m.yaml", [fp("a10"), fp("a2"), fp("b1")], {"a1": entry("succeeded")})
     assert [c.name for c in plan.changes] == ["a1", "a2", "a10", "b1"]
@@ -187,7 +187,7 @@ def test_natural_order_in_every_view() -> None:
 def test_one_vocabulary_across_views() -> None:
     """The text summary counts in the actions' own words, as markdown and json."""
     from runner.engine.plan import ACTIONS
-    from runner.views.render import plan_document, plan_markdown, plan_text
+    from runner.views.plan import plan_document, plan_markdown, plan_text
 
     plan = make_plan("m.yaml", [fp("a"), fp("b")], {"b": entry("succeeded"), "gone": entry("succeeded")})
     assert "Plan: 1 create, 0 replace, 0 resume, 0 retry, 0 blocked, 1 noop, 1 orphan." in plan_text(plan)
@@ -198,7 +198,7 @@ def test_one_vocabulary_across_views() -> None:
 
 
 def test_colour_only_our_words_and_only_when_asked() -> None:
-    from runner.views.render import plan_text
+    from runner.views.plan import plan_text
 
     plan = make_plan("m.yaml", [fp("\x1b[31mevil")], {})
     plain = plan_text(plan)
@@ -225,7 +225,7 @@ def test_use_color_follows_the_terminal_and_no_color(monkeypatch: pytest.MonkeyP
 
 
 def test_prune_shows_what_apply_prune_drops() -> None:
-    from runner.views.render import plan_document, plan_markdown, plan_text
+    from runner.views.plan import plan_document, plan_markdown, plan_text
 
     plan = make_plan("m.yaml", [fp("a")], {"a": entry("succeeded"), "gone": entry("succeeded")})
     assert not plan.has_changes
@@ -243,7 +243,7 @@ def test_diff_and_prune_documents_match_the_schema() -> None:
     from jsonschema import Draft202012Validator
 
     from runner.shipped_schemas import load_schema
-    from runner.views.render import plan_document
+    from runner.views.plan import plan_document
 
     job = Fingerprinted(Job(name="j", images=(Path("a.jpg"), Path("b.jpg"))), FP_B, {**INPUTS, "images": "sha256:2", "num_iterations": 300})
     old = LockEntry(fingerprint=FP_A, status="succeeded", images=1, inputs=dict(INPUTS))

@@ -123,7 +123,7 @@ def test_changing_max_side_plans_a_replace_and_an_unchanged_one_a_noop(
     is the fingerprint of a job without the key (old lock entries stay noop)."""
     from runner import cache as usercache
     from runner.engine.pipeline import prepare
-    from runner.views.render import plan_json
+    from runner.views.plan import plan_json
 
     shutil.copytree(photos, tmp_path / "photos", ignore=shutil.ignore_patterns("p1*", "p2*", "p3*"))
     monkeypatch.chdir(tmp_path)

@@ -38,7 +38,8 @@ from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.manifest.many import expand_manifests, worst
 from runner.models import ApplyResult, LockEntry, Manifest
 from runner.state.lockfile import LockSession
-from runner.views.render import apply_summary, plan_text
+from runner.views.plan import plan_text
+from runner.views.summary import apply_summary
 
 log = logsetup.get_logger("runner.engine.apply")
 API_ACTIONS = ("create", "replace", "retry", "resume", "blocked")

@@ -25,7 +25,7 @@ from runner.engine.plan import Plan
 from runner.engine.trust import Trust, catalog_markdown, with_markdown, with_text
 from runner.errors import EXIT_CHANGES, EXIT_OK, RunnerError
 from runner.manifest.many import expand_manifests, worst
-from runner.views.render import (
+from runner.views.plan import (
     plan_json,
     plan_markdown,
     plan_text,

@@ -24,8 +24,8 @@ from runner.errors import RunnerError
 from runner.logsetup import clean, clean_lines, guard
 from runner.manifest.many import expand_manifests, worst
 from runner.state.lockfile import read_lockfile
-from runner.views.render import (
-    dumps,
+from runner.views.plan import dumps
+from runner.views.status import (
     status_counts,
     status_counts_phrase,
     status_rows,

@@ -14,7 +14,7 @@ say nothing about the endpoint) and their ``api_key_env`` (entries from before i
 count as made with the default, ``VIMMERSE_API_KEY``). A lockfile with no entries has no
 baseline: nothing to compare, so no trust change (the plan still says where the key goes).
 
-Pure: no I/O, no key; the views are plain functions over values, like ``runner.views.render``.
+Pure: no I/O, no key; the views are plain functions over values, like ``runner.views.plan``.
 """
 
 from __future__ import annotations

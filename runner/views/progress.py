@@ -142,7 +142,7 @@ def print_summary_table(result: ApplyResult, lockfile: str | None = None, comman
     from rich.table import Table
     from rich.text import Text
 
-    from runner.views.render import apply_headline, apply_rows, lockfile_line, resume_lines
+    from runner.views.summary import apply_headline, apply_rows, lockfile_line, resume_lines
 
     console = Console()
     styles = {"succeeded": "green", "failed": "red", "uncertain": "yellow", "training": "cyan"}

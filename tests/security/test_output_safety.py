@@ -33,7 +33,8 @@ from runner.api.endpoint import check_endpoint_url, inferred_api, is_loopback
 from runner.diagnostics import Diagnostic
 from runner.errors import InputError, UsageError
 from runner.models import LockEntry
-from runner.views.render import md_code, status_table
+from runner.views.plan import md_code
+from runner.views.status import status_table
 
 # What a pull request writes: Markdown, HTML, links, images, mentions, a table row break,
 # terminal escapes, bidi, CI commands (GitHub's both syntaxes, Azure's), rich markup.
