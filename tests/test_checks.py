@@ -9,8 +9,8 @@ import pytest
 from helpers import make_bomb_png, make_image, truncate
 
 from runner.manifest import images
-from runner.manifest.checks import endpoint_problem, parse_duration, url_problem
 from runner.manifest.read import load_manifest
+from runner.manifest.values import endpoint_problem, parse_duration, url_problem
 
 
 def _errors(path: Path) -> list[str]:

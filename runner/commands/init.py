@@ -25,13 +25,13 @@ from pathlib import Path
 
 from runner.errors import InputError, UsageError
 from runner.logsetup import clean
-from runner.manifest.checks import OLD_PLACEHOLDER, PLACEHOLDER_MARK, PLACEHOLDER_MESSAGE
+from runner.manifest.values import OLD_PLACEHOLDER, PLACEHOLDER_MARK, PLACEHOLDER_MESSAGE
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 PREFIX_MAX = 32  # the schema's lora_prefix: [A-Za-z0-9][A-Za-z0-9_]{0,31}
 NAME_MAX = 100
 SKIPPED_SHOWN = 5  # per job; then "and N more"
-# A placeholder ``runner validate`` refuses (checks.is_placeholder_prompt) until it is edited.
+# A placeholder ``runner validate`` refuses (values.is_placeholder_prompt) until it is edited.
 KONTEXT_PROMPT = f"{PLACEHOLDER_MARK} {OLD_PLACEHOLDER}"
 SUGGESTED_MAX_SIDE = 1536  # upload.max_side init writes when it finds larger images
 

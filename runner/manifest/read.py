@@ -40,8 +40,9 @@ from runner.errors import InputError
 from runner.gcpause import paused_gc
 from runner.logsetup import register_secret
 from runner.manifest import schema as schemacheck
-from runner.manifest.checks import Checker, clip
+from runner.manifest.checks import Checker
 from runner.manifest.loader import Document, PathPart, YamlError, load_file
+from runner.manifest.values import clip
 from runner.models import ApiSettings, Manifest
 
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
