@@ -4,7 +4,7 @@
 
 JOBS jobs of one small image against ``runner sandbox serve`` in its own process (no
 training time, no server rate limit), client ``requests_per_second: RATE, burst: 1``. The
-scheduler runs in this process (runner.engine.apply.Applier, as ``runner apply`` runs it) with a
+scheduler runs in this process (runner.engine.scheduler.Applier, as ``runner apply`` runs it) with a
 transport that records the moment every request leaves. Prints requests/s ÷ RATE over
 the run (target ≥ 0.95) and the busiest 5-second window ÷ (RATE × 5) (must be ≤ 1.0).
 """
@@ -29,8 +29,8 @@ from _common import KEY, print_command, sandbox, write_jobs, write_manifest
 from runner import logsetup
 from runner.api.client import ApiClient
 from runner.api.ratelimit import TokenBucket
-from runner.engine.apply import Applier, ApplyOptions
 from runner.engine.pipeline import prepare
+from runner.engine.scheduler import Applier, ApplyOptions
 from runner.state.lockfile import LockSession
 
 

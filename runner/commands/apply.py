@@ -23,17 +23,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
-
 from runner import logsetup
-from runner.api.client import ApiClient
-from runner.api.endpoint import Connection, connect, target_identity, with_api
-from runner.api.ratelimit import TokenBucket
+from runner.api.endpoint import target_identity
 from runner.diagnostics import Diagnostic
-from runner.engine.apply import Applier, ApplyOptions, LogReporter, Reporter
 from runner.engine.pipeline import Prepared, prepare
-from runner.engine.plan import SUBMITTING_ACTIONS, Plan, make_plan
-from runner.engine.trust import key_env_amendments, refuse, with_text
+from runner.engine.plan import SUBMITTING_ACTIONS, Plan
+from runner.engine.reporting import LogReporter, Reporter
+from runner.engine.run import amend_identity, execute, plan_locked
+from runner.engine.scheduler import ApplyOptions
+from runner.engine.trust import refuse, with_text
 from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.manifest.many import expand_manifests, worst
 from runner.models import ApplyResult, LockEntry, Manifest
@@ -42,7 +40,6 @@ from runner.views.plan import plan_text
 from runner.views.summary import apply_summary
 
 log = logsetup.get_logger("runner.engine.apply")
-API_ACTIONS = ("create", "replace", "retry", "resume", "blocked")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,18 +189,10 @@ def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
         target = target_identity(manifest, args.endpoint, os.environ)
         # Again against the lockfile as it is under the lock, before anything is sent.
         trust_guard(manifest, prepared.display, target, session.state.entries, args)
-        # Re-plan against the lockfile as it is under the lock (another apply may have
-        # finished since phase 1); the jobs' fingerprints are still the ones computed then.
-        plan = make_plan(prepared.display, prepared.jobs, session.state.entries, args.target, api=target)
-        plan = plan.with_trust(target, manifest.api.api_key_env, session.state.entries, manifest.variables)
+        plan = plan_locked(prepared, session, target)
         budget_guard(plan, manifest, args)
         assert plan.trust is not None
-        # Entries from before ``api`` existed gain it (inferred) on this run's write, once;
-        # and ``api_key_env`` likewise, or the approved new one (so approval is needed once).
-        session.amend(with_api(session.state.entries, target))
-        session.amend(
-            key_env_amendments(session.state.entries, manifest.api.api_key_env, approved=bool(plan.trust.changes))
-        )
+        amend_identity(session, manifest, target, plan)
         asks = not args.quiet or _would_ask(plan, target, args)
         if asks:
             sys.stdout.write(with_text(plan_text(plan), plan.trust))
@@ -217,16 +206,7 @@ def apply_one(prepared: Prepared, args: argparse.Namespace) -> int:
         )
         rich_view = logsetup.current_format == "console" and not args.quiet and sys.stderr.isatty()
         with _reporter(rich_view) as reporter:
-            if any(c.action in API_ACTIONS for c in plan.changes):
-                with connect(manifest, args.endpoint, os.environ) as conn:
-                    log.info("endpoint", url=conn.url, embedded=conn.embedded)
-                    result = anyio.run(
-                        _run_online, plan, session, manifest, options, conn, reporter, trace_path(args)
-                    )
-            else:
-                # Only noops and orphans: no endpoint, key or sandbox needed.
-                applier = Applier(plan, session, None, manifest.api, options, reporter)
-                result = anyio.run(applier.run)
+            result = execute(plan, session, manifest, options, reporter, endpoint=args.endpoint, trace=trace_path(args))
     _report(result, args, rich_view, shown_path(prepared.lockfile), resume_command(prepared, args))
     return result.exit_code
 
@@ -269,31 +249,3 @@ def _report(result: ApplyResult, args: argparse.Namespace, rich_view: bool, lock
             "the API answered 402 (insufficient credit); no further jobs were submitted. "
             "Add credit and run apply again: it submits only the rest."
         )
-
-
-async def _run_online(
-    plan: Plan,
-    session: LockSession,
-    manifest: Manifest,
-    options: ApplyOptions,
-    conn: Connection,
-    reporter: Reporter,
-    trace: Path | None = None,
-) -> ApplyResult:
-    from runner.api.endpoint import api_identity, is_loopback_identity
-
-    bucket = TokenBucket(manifest.api.requests_per_second, manifest.api.burst)
-    api = "sandbox" if conn.embedded else api_identity(conn.url)
-    from runner.engine.upload import Preparer
-    from runner.manifest.resize import ResizeCache
-
-    cache = ResizeCache.for_manifest(manifest.folder)
-    preparer = Preparer(cache, manifest.api.max_uploads)
-    try:
-        async with ApiClient(conn.url, conn.api_key, bucket, trace=trace) as client:
-            if is_loopback_identity(api) and await client.is_sandbox():
-                api = "sandbox"
-            applier = Applier(plan, session, client, manifest.api, options, reporter, api=api, preparer=preparer)
-            return await applier.run()
-    finally:
-        cache.close()

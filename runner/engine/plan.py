@@ -44,9 +44,12 @@ ACTIONS: tuple[Action, ...] = (
     "noop",
     "orphan",
 )
+# The actions that start a paid training (and ``blocked`` with --resubmit-uncertain).
 SUBMITTING_ACTIONS = frozenset({"create", "replace", "retry"})
-# What --detailed-exitcode calls "changes": anything apply would do, or that needs a person.
-CHANGE_ACTIONS = frozenset({"create", "replace", "resume", "retry", "blocked"})
+# The actions apply needs the API for: every change but noop and orphan (which only touch
+# the lockfile). They are also what --detailed-exitcode calls "changes": anything apply
+# would do, or that needs a person.
+API_ACTIONS = frozenset({*SUBMITTING_ACTIONS, "resume", "blocked"})
 PRUNE_REASON = "dropped from the lockfile by --prune"
 REASON_FIELDS = ("option", "finetune_type", "lora_prefix", "num_iterations", "prompt", "max_side", "jpeg_quality", "images")
 
@@ -82,7 +85,7 @@ class Plan:
     def has_changes(self) -> bool:
         if self.trust is not None and self.trust.changes:
             return True
-        changing = CHANGE_ACTIONS | {"orphan"} if self.prune else CHANGE_ACTIONS
+        changing = API_ACTIONS | {"orphan"} if self.prune else API_ACTIONS
         return any(c.action in changing for c in self.changes)
 
     def pruning(self) -> Plan:
@@ -101,6 +104,10 @@ class Plan:
 
     def with_action(self, *actions: str) -> list[Change]:
         return [c for c in self.changes if c.action in actions]
+
+    def api_work(self) -> list[Change]:
+        """The changes apply needs the API for (``API_ACTIONS``), in the plan's order."""
+        return [c for c in self.changes if c.action in API_ACTIONS]
 
 
 def _reasons(job: Fingerprinted, entry: LockEntry) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from runner.api.endpoint import accepts, connect, made_at, target_identity
 from runner.api.ratelimit import TokenBucket
 from runner.engine.pipeline import Prepared
 from runner.engine.plan import Plan, make_plan
+from runner.engine.transitions import on_status
 from runner.engine.trust import assess, refuse
 from runner.errors import ApiError
 from runner.models import LockEntry, Manifest, utcnow
@@ -45,12 +46,9 @@ def refresh_entries(manifest: Manifest, entries: dict[str, LockEntry]) -> dict[s
             return  # shown as last known
         if isinstance(status, wire.Unreadable):
             return  # never read as success or failure: shown as last known
-        if status.state == "succeeded":
-            out[name] = entry.evolve(status="succeeded", results=status.results, finished_at=utcnow())
-        elif status.state == "failed":
-            out[name] = entry.evolve(
-                status="failed", error={"status": 0, "message": status.message or "training failed"}
-            )
+        ended = on_status(entry, status, utcnow())  # as apply would record it
+        if ended is not None:
+            out[name] = ended
 
     async def main(url: str, key: str) -> None:
         bucket = TokenBucket(manifest.api.requests_per_second, manifest.api.burst)

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from runner.engine.apply import Heartbeat, elapsed_text
+from runner.engine.reporting import Heartbeat, elapsed_text
 from runner.logsetup import safe
 from runner.models import ApplyResult, LockEntry
 from runner.views.eta import Durations, EtaShape, entry_shape, remaining, wall_time

@@ -19,8 +19,8 @@ from apply_support import SECRET, ledger, lock_doc, runner, sandbox, write_manif
 
 from runner.api.client import ApiClient
 from runner.api.ratelimit import TokenBucket
-from runner.engine.apply import Applier, ApplyOptions
 from runner.engine.pipeline import prepare
+from runner.engine.scheduler import Applier, ApplyOptions
 from runner.state.lockfile import LockSession, read_lockfile
 
 

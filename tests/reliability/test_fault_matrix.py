@@ -20,8 +20,8 @@ from figures import record
 
 from runner.api.client import ApiClient
 from runner.api.ratelimit import TokenBucket
-from runner.engine.apply import Applier, ApplyOptions
 from runner.engine.pipeline import prepare
+from runner.engine.scheduler import Applier, ApplyOptions
 from runner.sandbox.config import FAULT_KINDS
 from runner.state.lockfile import LockSession, read_lockfile
 

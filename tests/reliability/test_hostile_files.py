@@ -215,8 +215,8 @@ def test_file_vanishing_before_upload_fails_only_its_job(tmp_path: Path) -> None
     """An image deleted after validation and planning fails its job naming the file (exit 3); others succeed."""
     from runner.api.client import ApiClient
     from runner.api.ratelimit import TokenBucket
-    from runner.engine.apply import Applier, ApplyOptions
     from runner.engine.pipeline import prepare
+    from runner.engine.scheduler import Applier, ApplyOptions
     from runner.state.lockfile import LockSession, read_lockfile
 
     folder = tmp_path / "project"
@@ -280,7 +280,7 @@ from pathlib import Path
 import anyio
 from apply_support import SECRET, sandbox
 from helpers import make_image
-from runner.engine.apply import Applier, ApplyOptions
+from runner.engine.scheduler import Applier, ApplyOptions
 from runner.api.client import ApiClient
 from runner.state.lockfile import LockSession
 from runner.api.ratelimit import TokenBucket
