@@ -31,7 +31,7 @@ from runner.api.client import ApiClient
 from runner.api.ratelimit import TokenBucket
 from runner.engine.pipeline import prepare
 from runner.engine.scheduler import Applier, ApplyOptions
-from runner.state.lockfile import LockSession
+from runner.state.session import LockSession
 
 
 class Recording(httpx.AsyncBaseTransport):

@@ -19,6 +19,11 @@ refused (caches off, one warning) when it is inside the repository holding the m
 (a committed cache and key would verify), when it is not owned by this user, or when
 others may write to it; runner then only runs slower. Deleting the folder at any time is
 safe.
+
+One versioning scheme for the three caches: each is a ``Kind`` below (its file, the purpose
+its seal is bound to, the version of its content), read with ``load`` and written with
+``store`` as sealed JSON ``{"version": N, "data": ...}``. A file of any other version is a
+miss, so changing what a cache holds means bumping its ``version`` here, nowhere else.
 """
 
 from __future__ import annotations
@@ -26,13 +31,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import re
 import shutil
 import stat
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 from runner.atomic import NOFOLLOW, atomic_write_bytes
 
@@ -44,6 +53,22 @@ MAX_FOLDERS = 256  # manifest folders remembered; the least recently used are fo
 _FOLDER_NAME = re.compile(r"[0-9a-f]{32}")
 _lock = threading.Lock()
 _warned: set[str] = set()
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One cache: its file in a manifest folder's cache folder (``{name}``: the lockfile's
+    name), the purpose its seal binds it to, and the version of what it holds."""
+
+    file: str
+    purpose: str
+    version: int
+
+
+DIGESTS = Kind("digests.json", "digests", 2)  # path -> [size, mtime_ns, inode, digest(, info)]
+SCHEMA_VALID = Kind("schema-valid.json", "schema-valid", 2)  # sha256 of documents that passed
+PARSED_LOCKFILE = Kind("{name}.parsed.json", "lockfile", 2)  # {"key": ..., "document": ...}
 
 
 def root() -> Path:
@@ -106,6 +131,19 @@ def read_sealed(path: Path | None, purpose: str) -> bytes | None:
     key = _key(create=False)
     if key is None:
         return None
+    # The seal's line, then the payload, read without a copy.
+    got = _read_own(path, lambda fh: (fh.readline(256), fh.read()))
+    if got is None or not got[0].endswith(b"\n"):
+        return None
+    head, payload = got
+    expected = SEAL_VERSION + b" " + _mac(key, path, purpose, payload).encode() + b"\n"
+    return payload if hmac.compare_digest(head, expected) else None
+
+
+def _read_own(path: Path, read: Callable[[BinaryIO], _T], *, private: bool = False) -> _T | None:
+    """``read`` of a regular file this user owns, opened without following a symlink or
+    blocking on a FIFO; None when it is anything else or cannot be read. ``private``: also
+    None when others may read or write it."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
@@ -114,17 +152,14 @@ def read_sealed(path: Path | None, purpose: str) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
             return None
+        if private and st.st_mode & 0o077:
+            return None
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            head = fh.readline(256)  # the seal; then the payload, read without a copy
-            payload = fh.read()
+            return read(fh)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if not head.endswith(b"\n"):
-        return None
-    expected = SEAL_VERSION + b" " + _mac(key, path, purpose, payload).encode() + b"\n"
-    return payload if hmac.compare_digest(head, expected) else None
 
 
 def write_sealed(path: Path | None, purpose: str, payload: bytes) -> bool:
@@ -140,6 +175,36 @@ def write_sealed(path: Path | None, purpose: str, payload: bytes) -> bool:
     except OSError:
         return False
     return True
+
+
+def load(kind: Kind, path: Path | None) -> Any:
+    """What ``store`` wrote at ``path`` for ``kind``, or None (missing, foreign, damaged, or
+    another version): a cache miss, never an error."""
+    payload = read_sealed(path, kind.purpose)
+    if payload is None:
+        return None
+    try:
+        stored = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(stored, dict) and stored.get("version") == kind.version:
+        return stored.get("data")
+    return None
+
+
+def store(kind: Kind, path: Path | None, data: Any, *, exact: bool = False) -> bool:
+    """Seal ``data`` (plain JSON) at ``path`` for ``kind``; False when not written (best effort).
+
+    ``exact``: not written unless ``load`` would give back data equal to ``data`` (JSON
+    turns non-string keys into strings, for one).
+    """
+    try:
+        text = json.dumps({"version": kind.version, "data": data}, separators=(",", ":"), ensure_ascii=False)
+        if exact and json.loads(text)["data"] != data:
+            return False
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return write_sealed(path, kind.purpose, text.encode("utf-8"))
 
 
 def _mac(key: bytes, path: Path, purpose: str, payload: bytes) -> str:
@@ -216,25 +281,9 @@ def _key(*, create: bool) -> bytes | None:
 
 
 def _read_key(path: Path) -> bytes | None:
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_mode & 0o077
-            or (hasattr(os, "geteuid") and st.st_uid != os.geteuid())
-            or st.st_size != KEY_BYTES
-        ):
-            return None  # not a key this user made: replaced on the next write
-        key = os.read(fd, KEY_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return key if len(key) == KEY_BYTES else None
+    # Anything but a key this user made (0600, KEY_BYTES long) is replaced on the next write.
+    key = _read_own(path, lambda fh: fh.read(KEY_BYTES + 1), private=True)
+    return key if key is not None and len(key) == KEY_BYTES else None
 
 
 def _new_key(path: Path) -> bytes | None:
@@ -310,10 +359,16 @@ def reset() -> None:
 
 
 __all__ = [
+    "DIGESTS",
+    "PARSED_LOCKFILE",
+    "SCHEMA_VALID",
+    "Kind",
     "cache_file",
     "folder_for",
+    "load",
     "read_sealed",
     "reset",
     "root",
+    "store",
     "write_sealed",
 ]

@@ -20,7 +20,9 @@ from helpers import write_manifest
 from runner.api.endpoint import accepts, api_identity, inferred_api, target_identity, with_api
 from runner.cli import main
 from runner.models import ApiSettings, LockEntry, Manifest
-from runner.state.lockfile import LockSession, LockState, journal_path, read_lockfile
+from runner.state.files import journal_path
+from runner.state.lockfile import LockState, read_lockfile
+from runner.state.session import LockSession
 
 LIVE = "https://api.vimmerse.net"
 FP = "sha256:" + "a" * 64

@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 
 from runner.errors import InputError, LockHeldError
-from runner.state.lockfile import (
-    LockEntry,
-    LockfileWriteError,
-    LockSession,
-    journal_path,
-    read_lockfile,
-)
+from runner.models import LockEntry
+from runner.state.files import journal_path
+from runner.state.lockfile import read_lockfile
+from runner.state.session import LockfileWriteError, LockSession
 
 FP = "sha256:" + "c" * 64
 
@@ -127,7 +124,7 @@ def test_failed_rewrite_keeps_old_lockfile_and_journal(tmp_path: Path, monkeypat
 
 def test_flush_leaves_a_parsed_cache_equal_to_parsing_the_file(tmp_path: Path) -> None:
     """The parsed cache written at flush is exactly what parsing the new lockfile yields."""
-    from runner.state.lockfile import _cache_key, _cached_document, _parse_and_validate
+    from runner.state.lockfile import _cached_document, _parse_and_validate, cache_key
 
     lock = tmp_path / "m.lock.yaml"
     with LockSession(lock) as s:
@@ -135,6 +132,6 @@ def test_flush_leaves_a_parsed_cache_equal_to_parsing_the_file(tmp_path: Path) -
                             error={"status": 0, "message": "yes: no # really"}))
         s.record("a", entry())
     raw = lock.read_bytes()
-    cached = _cached_document(lock, _cache_key(raw))
+    cached = _cached_document(lock, cache_key(raw))
     assert cached is not None
     assert cached == _parse_and_validate(lock, raw.decode())

@@ -35,7 +35,7 @@ from runner.engine.trust import refuse, with_text
 from runner.errors import EXIT_INTERRUPTED, InputError, RunnerError, UsageError
 from runner.manifest.many import expand_manifests, worst
 from runner.models import ApplyResult, LockEntry, Manifest
-from runner.state.lockfile import LockSession
+from runner.state.session import LockSession
 from runner.views.plan import plan_text
 from runner.views.summary import apply_summary
 

@@ -43,7 +43,7 @@ from runner.engine.trust import assess, key_env_amendments, refuse
 from runner.engine.upload import Preparer
 from runner.manifest.resize import ResizeCache
 from runner.models import ApplyResult, Manifest
-from runner.state.lockfile import LockSession
+from runner.state.session import LockSession
 
 log = logsetup.get_logger("runner.engine.apply")
 # Where requests go when a transport stands in for the embedded sandbox: never dialled.

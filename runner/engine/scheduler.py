@@ -34,7 +34,7 @@ from runner.engine.upload import Preparer
 from runner.errors import ApiError, KeyRefused
 from runner.manifest.resize import ResizeCache
 from runner.models import ApiSettings, ApplyResult, LockEntry, Outcome
-from runner.state.lockfile import LockfileWriteError, LockSession
+from runner.state.session import LockfileWriteError, LockSession
 
 log = logsetup.get_logger("runner.engine.apply")
 

@@ -13,6 +13,7 @@ jsonschema) carry messages a generic translation cannot guess:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import __version__
+from runner import cache as usercache
 from runner.diagnostics import Diagnostic, format_path
 from runner.manifest.loader import Document, PathPart
 from runner.shipped_schemas import load_schema
@@ -31,7 +33,6 @@ if TYPE_CHECKING:  # jsonschema costs 50 ms to import; only a cache miss needs i
     from jsonschema.exceptions import ValidationError
 
 MAX_ERRORS = 1000  # schema errors collected per document; see ``validate``
-VALID_CACHE_VERSION = 1
 VALID_CACHE_SIZE = 32  # documents remembered per cache file (one per manifest edit)
 
 _PATTERN_HINTS = {
@@ -59,10 +60,11 @@ def validate(
 ) -> list[Diagnostic]:
     """Every schema error in ``data`` as a Diagnostic placed with ``doc`` (may be None).
 
-    With ``cache`` (a JSON file), data that passed before is not validated again: the file
-    remembers the sha256 of recent valid documents (with the schema and runner's version),
-    so an unchanged manifest costs one ``json.dumps`` instead of a walk through jsonschema
-    (0.65 s for 10,000 jobs). Only successes are remembered; errors are always computed.
+    With ``cache`` (a sealed file in the per-user cache folder, ``runner.cache``), data that
+    passed before is not validated again: the file remembers the sha256 of recent valid
+    documents (with the schema and runner's version), so an unchanged manifest costs one
+    ``json.dumps`` instead of a walk through jsonschema (0.65 s for 10,000 jobs). Only
+    successes are remembered; errors are always computed.
     """
     key = _valid_key(data, schema) if cache is not None else None
     if key is not None and cache is not None and key in _known_valid(cache):
@@ -97,7 +99,7 @@ def validate(
 def _valid_key(data: Any, schema: str) -> str | None:
     try:
         text = json.dumps(
-            [VALID_CACHE_VERSION, __version__, schema, load_schema(schema), data],
+            [usercache.SCHEMA_VALID.version, __version__, schema, load_schema(schema), data],
             sort_keys=True,
             ensure_ascii=False,
             separators=(",", ":"),
@@ -108,27 +110,16 @@ def _valid_key(data: Any, schema: str) -> str | None:
 
 
 def _known_valid(cache: Path) -> list[str]:
-    try:
-        stored = json.loads(cache.read_bytes())
-    except (OSError, ValueError):
-        return []
-    if isinstance(stored, dict) and stored.get("version") == VALID_CACHE_VERSION:
-        keys = stored.get("valid")
-        if isinstance(keys, list):
-            return [k for k in keys if isinstance(k, str)]
-    return []
+    keys = usercache.load(usercache.SCHEMA_VALID, cache)
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
 
 
 def _remember_valid(cache: Path, key: str) -> None:
     """Best effort: a read-only checkout only loses the speed-up."""
-    from runner.atomic import atomic_write_text
-
     keys = [*[k for k in _known_valid(cache) if k != key][-(VALID_CACHE_SIZE - 1) :], key]
-    try:
+    with contextlib.suppress(OSError):
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache, json.dumps({"version": VALID_CACHE_VERSION, "valid": keys}), fsync=False)
-    except OSError:
-        pass
+    usercache.store(usercache.SCHEMA_VALID, cache, keys)
 
 
 def _type_name(value: Any) -> str:

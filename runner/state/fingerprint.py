@@ -29,18 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from runner import cache as usercache
 from runner.api.wire import canonical_request
 from runner.manifest.images import open_regular
 from runner.manifest.resize import Setting, read_info, sent_id
 from runner.models import Fingerprinted, ImageInfo, Job
 
-CACHE_VERSION = 1
 _CHUNK = 1 << 20
 SMALL_FILE = 1 << 16  # files up to this size are read whole, once, for the check and the hash
 
 # ``check(path, content)`` refuses a file by raising; ``content`` is the whole file when it is
 # small (checked from memory), None when it is large (the check reads what it needs).
 Check = Callable[[Path, bytes | None], None]
+# Stat results taken moments ago (by validation), by path text.
+Stats = Mapping[str, os.stat_result]
 
 _buffers = threading.local()
 
@@ -96,40 +98,25 @@ class DigestCache:
         self._dirty = False
         self.hits = 0
         self.misses = 0
-        if path is not None:
-            self._load(path)
+        files = usercache.load(usercache.DIGESTS, path)
+        if isinstance(files, dict):  # else missing, foreign or damaged: only costs a re-hash
+            self._entries = files
 
-    def _load(self, path: Path) -> None:
-        from runner.cache import read_sealed
-
-        payload = read_sealed(path, "digests")
-        if payload is None:
-            return  # missing, foreign or damaged: only costs a re-hash
-        try:
-            data = json.loads(payload)
-        except (ValueError, RecursionError):
-            return
-        if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
-            entries = data.get("files")
-            if isinstance(entries, dict):
-                self._entries = entries
-
-    def get(self, path: Path, key: StatKey) -> str | None:
-        entry = self._entries.get(str(path))
-        if entry and entry[0] == key.size and entry[1] == key.mtime_ns and entry[2] == key.inode:
-            self.hits += 1
-            return str(entry[3])
-        self.misses += 1
+    def _current(self, path: str, st: os.stat_result) -> list[Any] | None:
+        """The entry of ``path`` when the file is as it was when hashed (size, mtime, inode)."""
+        entry = self._entries.get(path)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino:
+            return entry
         return None
 
     def lookup(self, path: str, st: os.stat_result) -> str | None:
-        """``get(Path(path), StatKey.of(st))`` without building either (run once per file)."""
-        entry = self._entries.get(path)
-        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino:
-            self.hits += 1
-            return str(entry[3])
-        self.misses += 1
-        return None
+        """The digest of ``path`` (run once per file: takes text and a stat result as they are)."""
+        entry = self._current(path, st)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return str(entry[3])
 
     def put(self, path: Path, key: StatKey, digest: str) -> None:
         self._entries[str(path)] = [key.size, key.mtime_ns, key.inode, digest]
@@ -137,26 +124,21 @@ class DigestCache:
 
     def info(self, path: str, st: os.stat_result) -> ImageInfo | None:
         """The image's header facts, cached with its digest (same stat key), or None."""
-        entry = self._entries.get(path)
-        if entry and len(entry) == 5 and entry[0] == st.st_size and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino:
-            return ImageInfo.from_list(entry[4])
-        return None
+        entry = self._current(path, st)
+        return ImageInfo.from_list(entry[4]) if entry is not None and len(entry) == 5 else None
 
     def put_info(self, path: str, st: os.stat_result, info: ImageInfo) -> None:
         """Remember ``info`` beside the digest (only when the digest entry is current)."""
-        entry = self._entries.get(path)
-        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns and entry[2] == st.st_ino:
+        entry = self._current(path, st)
+        if entry is not None:
             self._entries[path] = [*entry[:4], info.to_list()]
             self._dirty = True
 
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
-        from runner.cache import write_sealed
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"version": CACHE_VERSION, "files": self._entries}, separators=(",", ":"))
-        write_sealed(self.path, "digests", text.encode("utf-8"))
+        usercache.store(usercache.DIGESTS, self.path, self._entries)
         self._dirty = False
 
 
@@ -166,7 +148,7 @@ def digest_files(
     *,
     threads: int = 2,
     check: Check | None = None,
-    stats: Mapping[str, os.stat_result] | None = None,
+    stats: Stats | None = None,
 ) -> dict[str, str]:
     """Digest every distinct path, reading only files whose stat changed since last time.
 
@@ -243,7 +225,7 @@ def upload_setting(job: Job) -> Setting | None:
 
 
 def image_infos(
-    jobs: Iterable[Job], cache: DigestCache, stats: Mapping[str, os.stat_result] | None = None
+    jobs: Iterable[Job], cache: DigestCache, stats: Stats | None = None
 ) -> dict[str, ImageInfo]:
     """Header facts of every image of the jobs with ``max_side``: cached by stat, else read
     from the header (no pixels). Call after ``digest_files``, which made the entries."""
@@ -266,21 +248,11 @@ def image_infos(
 
 
 def fingerprint_jobs(
-    jobs: Iterable[Job],
-    cache: DigestCache,
-    *,
-    threads: int = 2,
-    check: Check | None = None,
-    stats: Mapping[str, os.stat_result] | None = None,
+    jobs: Iterable[Job], cache: DigestCache, *, check: Check | None = None, stats: Stats | None = None
 ) -> list[Fingerprinted]:
+    """Every job with the fingerprint of its request (``check``, ``stats``: as ``digest_files``)."""
     jobs = list(jobs)
-    digests = digest_files(
-        (p for job in jobs for p in job.images),
-        cache,
-        threads=threads,
-        check=check,
-        stats=stats,
-    )
+    digests = digest_files((p for job in jobs for p in job.images), cache, check=check, stats=stats)
     infos = image_infos(jobs, cache, stats)
     out = []
     for job in jobs:

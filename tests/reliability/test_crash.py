@@ -19,7 +19,8 @@ import yaml
 from apply_support import SECRET, ledger, runner, sandbox, write_manifest
 from figures import record
 
-from runner.state.lockfile import journal_path, read_lockfile
+from runner.state.files import journal_path
+from runner.state.lockfile import read_lockfile
 
 ENV = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
 

@@ -21,7 +21,8 @@ from runner.api.client import ApiClient
 from runner.api.ratelimit import TokenBucket
 from runner.engine.pipeline import prepare
 from runner.engine.scheduler import Applier, ApplyOptions
-from runner.state.lockfile import LockSession, read_lockfile
+from runner.state.lockfile import read_lockfile
+from runner.state.session import LockSession
 
 
 @contextlib.contextmanager
@@ -103,7 +104,7 @@ def test_journal_write_failure_in_process(tmp_path: Path, monkeypatch: pytest.Mo
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real_write(fd, data)
 
-        monkeypatch.setattr("runner.state.lockfile.os.write", failing_write)
+        monkeypatch.setattr("runner.state.session.os.write", failing_write)
         session = LockSession(first.lockfile)
         session.acquire()
         prepared = prepare(str(manifest), None, [], state=session.state)

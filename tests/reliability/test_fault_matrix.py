@@ -23,7 +23,8 @@ from runner.api.ratelimit import TokenBucket
 from runner.engine.pipeline import prepare
 from runner.engine.scheduler import Applier, ApplyOptions
 from runner.sandbox.config import FAULT_KINDS
-from runner.state.lockfile import LockSession, read_lockfile
+from runner.state.lockfile import read_lockfile
+from runner.state.session import LockSession
 
 KINDS = [*FAULT_KINDS, "mixed"]
 

@@ -217,7 +217,8 @@ def test_file_vanishing_before_upload_fails_only_its_job(tmp_path: Path) -> None
     from runner.api.ratelimit import TokenBucket
     from runner.engine.pipeline import prepare
     from runner.engine.scheduler import Applier, ApplyOptions
-    from runner.state.lockfile import LockSession, read_lockfile
+    from runner.state.lockfile import read_lockfile
+    from runner.state.session import LockSession
 
     folder = tmp_path / "project"
     for name in ("a", "b", "c"):
@@ -282,7 +283,7 @@ from apply_support import SECRET, sandbox
 from helpers import make_image
 from runner.engine.scheduler import Applier, ApplyOptions
 from runner.api.client import ApiClient
-from runner.state.lockfile import LockSession
+from runner.state.session import LockSession
 from runner.api.ratelimit import TokenBucket
 from runner.engine.pipeline import prepare
 

@@ -138,7 +138,7 @@ def test_cache_folder_inside_the_repository_is_refused(tmp_path: Path) -> None:
     """A cache folder configured inside the repository (as a CI cache path might be) is not
     used: a committed key and a correctly sealed poisoned file still change nothing."""
     from runner import cache as usercache
-    from runner.state.lockfile import _cache_key
+    from runner.state.lockfile import cache_key
 
     inside = tmp_path / "repo" / ".ci-cache" / "runner"
     repo, word = applied_repo(tmp_path, tmp_path / "elsewhere")
@@ -151,7 +151,7 @@ def test_cache_folder_inside_the_repository_is_refused(tmp_path: Path) -> None:
     digest = hashlib.sha256(os.path.abspath(repo).encode()).hexdigest()[:32]
     target = inside / digest / "runner.lock.yaml.parsed.json"
     target.parent.mkdir(mode=0o700)
-    payload = json.dumps({"key": _cache_key(lockfile.read_bytes()), "document": _poisoned(lockfile)}).encode()
+    payload = json.dumps({"key": cache_key(lockfile.read_bytes()), "document": _poisoned(lockfile)}).encode()
     real_target = Path(os.path.realpath(inside)) / digest / target.name
     mac = usercache._mac(key, real_target, "lockfile", payload)
     target.write_bytes(usercache.SEAL_VERSION + b" " + mac.encode() + b"\n" + payload)
