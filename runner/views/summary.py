@@ -3,13 +3,9 @@ reminder to commit it, and after Ctrl-C what still trains and how to resume."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from runner.engine.plan import natural_key
 from runner.logsetup import clean, guard
-
-if TYPE_CHECKING:  # runner.engine.apply brings httpx and anyio, which plan and status never use
-    from runner.models import ApplyResult
+from runner.models import ApplyResult
 
 
 def apply_counts(result: ApplyResult) -> dict[str, int]:
