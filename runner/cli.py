@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity = (args.verbose or 0) - (args.quiet or 0)
     logsetup.configure(args.log_format or "auto", verbosity)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    from runner.manifest.images import ALLOW_OUTSIDE_LINKS
+    from runner.manifest.image_paths import ALLOW_OUTSIDE_LINKS
 
     links = ALLOW_OUTSIDE_LINKS.set(bool(getattr(args, "allow_outside_links", False)))
     try:

@@ -147,7 +147,7 @@ def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path) -> None:
     write_manifest(tmp_path, "sandbox", 1)
     result = runner("apply", "m.yaml", "--endpoint", "http://api.example.com", cwd=tmp_path)
     assert result.code == 1
-    assert "only allowed to loopback" in result.stderr
+    assert "only allowed to this machine" in result.stderr
 
 
 def test_markdown_plan_is_a_table(tmp_path: Path) -> None:

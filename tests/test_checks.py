@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import make_bomb_png, make_image, truncate
 
-from runner.manifest import images
+from runner.manifest import image_paths, images
 from runner.manifest.read import load_manifest
 from runner.manifest.values import endpoint_problem, parse_duration, url_problem
 
@@ -134,7 +134,7 @@ def test_folder_sorted_skips_hidden_and_other_types(tmp_path: Path) -> None:
         make_image(tmp_path / "d" / name)
     (tmp_path / "d" / ".hidden.png").write_text("x")
     (tmp_path / "d" / "notes.txt").write_text("x")
-    resolved = images.resolve(tmp_path, "d")
+    resolved = image_paths.resolve(tmp_path, "d")
     assert [p.name for p in resolved.paths] == ["a.JPG", "b.png", "c.webp"]
 
 
@@ -142,21 +142,21 @@ def test_glob_sorted_and_recursive(tmp_path: Path) -> None:
     """Globs are sorted and ``**`` reaches sub-folders."""
     for rel in ("x/2.png", "x/1.png", "x/sub/0.png"):
         make_image(tmp_path / rel)
-    assert [p.name for p in images.resolve(tmp_path, "x/*.png").paths] == ["1.png", "2.png"]
-    assert len(images.resolve(tmp_path, "x/**/*.png").paths) == 3
+    assert [p.name for p in image_paths.resolve(tmp_path, "x/*.png").paths] == ["1.png", "2.png"]
+    assert len(image_paths.resolve(tmp_path, "x/**/*.png").paths) == 3
 
 
 def test_empty_glob_and_folder(tmp_path: Path) -> None:
     """A glob or folder with no images is an error, not an empty job."""
     (tmp_path / "empty").mkdir()
-    assert images.resolve(tmp_path, "empty").error
-    assert images.resolve(tmp_path, "empty/*.png").error
+    assert image_paths.resolve(tmp_path, "empty").error
+    assert image_paths.resolve(tmp_path, "empty/*.png").error
 
 
 def test_unsupported_extension(tmp_path: Path) -> None:
     """An explicitly listed .gif is refused by its extension."""
     (tmp_path / "a.gif").write_text("x")
-    assert "unsupported file type" in (images.resolve(tmp_path, "a.gif").error or "")
+    assert "unsupported file type" in (image_paths.resolve(tmp_path, "a.gif").error or "")
 
 
 # -- semantic checks through load_manifest -------------------------------------------------

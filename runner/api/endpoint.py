@@ -2,13 +2,12 @@
 
 Precedence: ``--endpoint`` flag, then ``RUNNER_ENDPOINT``, then ``api.endpoint``. Remote
 endpoints must be https; plain http is accepted only for loopback addresses, so an API key
-never crosses a network in clear text.
+never crosses a network in clear text (the rule: ``runner.manifest.values.endpoint_problem``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 from runner.errors import UsageError
 from runner.logsetup import register_secret
+from runner.manifest.values import endpoint_problem, is_loopback
 from runner.models import Manifest
 
 if TYPE_CHECKING:
@@ -28,34 +28,13 @@ SANDBOX_KEY = "sandbox-local-key"
 DEFAULT_SANDBOX_TRAIN_SECONDS = 3.0
 
 
-def is_loopback(host: str) -> bool:
-    """A literal loopback address (``127.0.0.0/8``, ``::1``, ``::ffff:127.0.0.1``), or the
-    name ``localhost`` itself. Not ``*.localhost`` nor ``localhost.``: those go to the
-    system resolver like any other name, and it may send them anywhere."""
-    host = host.lower()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
 def check_endpoint_url(url: str, source: str) -> str:
-    if url == SANDBOX:
-        return url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{source}: endpoint must be 'sandbox' or an https:// URL, got {url!r}")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise UsageError(
-            f"{source}: plain http is only allowed to loopback addresses; use https:// for {parts.hostname}"
-        )
-    return url.rstrip("/")
+    """``url`` (trailing slash dropped) when ``manifest.values.endpoint_problem`` finds no
+    problem with it; ``UsageError`` naming ``source`` otherwise."""
+    problem = endpoint_problem(url)
+    if problem is not None:
+        raise UsageError(f"{source}: {problem}")
+    return url if url == SANDBOX else url.rstrip("/")
 
 
 def choose_endpoint(manifest: Manifest, flag: str | None, environ: Mapping[str, str]) -> str:

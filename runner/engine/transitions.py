@@ -70,6 +70,15 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class StatusUnreadable:
+    """Status answers no longer followed this run: the last one, and why, are kept."""
+
+    status: int
+    raw: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Trained:
     """A status answer: the training succeeded, with these samples."""
 
@@ -79,17 +88,10 @@ class Trained:
 
 @dataclass(frozen=True)
 class TrainingFailed:
+    """A status answer: the training failed (``message``: the service's words, or ours)."""
+
     message: str
     at: str
-
-
-@dataclass(frozen=True)
-class StatusUnreadable:
-    """Status answers no longer followed this run: the last one, and why, are kept."""
-
-    status: int
-    raw: str
-    message: str
 
 
 Event = Accepted | AcceptedUnread | AnswerLost | Refused | Trained | TrainingFailed | StatusUnreadable

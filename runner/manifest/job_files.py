@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.manifest import images as imagefiles
+from runner.manifest import image_paths
+from runner.manifest.images import find_problems
 from runner.manifest.loader import PathPart
 from runner.manifest.values import url_problem
 
@@ -80,11 +81,11 @@ class JobFiles:
             if "\x00" in text:
                 self.report(where, f"{_NUL}: {text!r}")
                 continue
-            absolute = imagefiles.absolute(self.folder, text)
+            absolute = image_paths.absolute(self.folder, text)
             if not self.inside(absolute):
                 self.report(where, f"{_ESCAPES}: {text}")
                 continue
-            resolved = imagefiles.resolve(
+            resolved = image_paths.resolve(
                 self.folder, text, path=absolute, stats=self.stats, contain=self._contain
             )
             if resolved.outside is not None:
@@ -95,7 +96,7 @@ class JobFiles:
                 continue
             # A folder's files and a single file are inside once ``absolute`` is; only a
             # glob's matches can leave (a ``..`` after a wildcard).
-            if imagefiles.is_glob(text) and not all(self.inside(p) for p in resolved.paths):
+            if image_paths.is_glob(text) and not all(self.inside(p) for p in resolved.paths):
                 self.report(where, f"{_ESCAPES}: {text}")
                 continue
             single = len(resolved.paths) == 1 and resolved.paths[0] == absolute
@@ -128,13 +129,13 @@ class JobFiles:
                 if not (isinstance(start, str) and start and isinstance(end, str) and end):
                     continue  # the schema says which half is missing
                 for key, text in (("start", start), ("end", end)):
-                    path = imagefiles.absolute(self.folder, text)
+                    path = image_paths.absolute(self.folder, text)
                     if self.escapes((*where, i, key), text):
                         pass
-                    elif not imagefiles.is_supported(path):
+                    elif not image_paths.is_supported(path):
                         self.report(
                             (*where, i, key),
-                            f"unsupported file type (use {imagefiles.SUPPORTED_TEXT}): {text}",
+                            f"unsupported file type (use {image_paths.SUPPORTED_TEXT}): {text}",
                         )
                     else:
                         self._uses.append(_Use([path], (*where, i, key), text))
@@ -169,7 +170,7 @@ class JobFiles:
     def _stems(self, where: _PATH, folder_text: str) -> dict[str, Path] | None:
         if self.escapes(where, folder_text):
             return None
-        folder = imagefiles.absolute(self.folder, folder_text)
+        folder = image_paths.absolute(self.folder, folder_text)
         if self._contain is not None:
             leads = self._contain.leaves(str(folder), os.path.islink(folder))
             if leads is not None:
@@ -179,7 +180,7 @@ class JobFiles:
             reason = "not a folder" if os.path.lexists(folder) else "folder not found"
             self.report(where, f"{reason}: {folder_text}")
             return None
-        listed = imagefiles.list_folder(folder)
+        listed = image_paths.list_folder(folder)
         if listed.error:
             self.report(where, f"{listed.error}: {folder_text}")
             return None
@@ -206,25 +207,25 @@ class JobFiles:
         return str(self.folder).rstrip(os.sep) + os.sep
 
     @functools.cached_property
-    def _contain(self) -> imagefiles.Containment | None:
+    def _contain(self) -> image_paths.Containment | None:
         """Symlinks leaving the folder are refused unless ``--allow-outside-links``."""
-        return imagefiles.containment(self.folder)
+        return image_paths.containment(self.folder)
 
     def report_leaves(self, where: _PATH, shown: str, target: str) -> None:
-        self.report(where, f"{imagefiles.LEAVES}: {shown} -> {target}{_ALLOW}")
+        self.report(where, f"{image_paths.LEAVES}: {shown} -> {target}{_ALLOW}")
 
     def escapes(self, where: _PATH, text: str) -> bool:
         """Report a path that leaves the manifest's folder once ``..`` (or ``~``, or an
         absolute path) is taken into account, lexically. A reviewed manifest must not be
         able to upload files from elsewhere on the machine running it. A symlink inside
         the folder that points out of it is refused too, where the files are resolved
-        (``imagefiles.Containment``), unless the command runs with
+        (``image_paths.Containment``), unless the command runs with
         ``--allow-outside-links`` (shared dataset mounts).
         A NUL character, which no file name can hold, is reported here too."""
         if "\x00" in text:
             self.report(where, f"{_NUL}: {text!r}")
             return True
-        if self.inside(imagefiles.absolute(self.folder, text)):
+        if self.inside(image_paths.absolute(self.folder, text)):
             return False
         self.report(where, f"{_ESCAPES}: {text}")
         return True
@@ -234,7 +235,7 @@ class JobFiles:
         if not self._uses:
             return
         outside: dict[Path, str] = {}
-        problems = imagefiles.find_problems(
+        problems = find_problems(
             (p for u in self._uses for p in u.paths),
             decode=self.check_images,
             stats=self.stats,

@@ -90,13 +90,13 @@ class StaleResize(Exception):
 
 def read_info(path: Path) -> ImageInfo:
     """The header's size and format (no pixels decoded); OSError when it is not an image."""
-    from runner.manifest.images import _FORMATS, _pil
+    from runner.manifest.images import FORMATS, pil
 
-    image_mod, unidentified = _pil()
+    image_mod, unidentified = pil()
     with open_regular(path) as fh, warnings.catch_warnings():
         warnings.simplefilter("ignore", image_mod.DecompressionBombWarning)
         try:
-            with image_mod.open(fh, formats=_FORMATS) as im:
+            with image_mod.open(fh, formats=FORMATS) as im:
                 return ImageInfo(im.size[0], im.size[1], str(im.format))
         except (unidentified, SyntaxError, ValueError) as exc:
             raise OSError(f"not a JPEG, PNG or WebP image: {exc}") from exc
@@ -133,14 +133,14 @@ def downscale(path: Path, setting: Setting) -> tuple[bytes, int, int]:
     """
     from PIL import Image, ImageOps
 
-    from runner.manifest.images import _FORMATS
+    from runner.manifest.images import FORMATS
 
     with open_regular(path) as fh, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(fh, formats=_FORMATS) as opened:
+            with Image.open(fh, formats=FORMATS) as opened:
                 fmt = _SAVE_AS.get(str(opened.format))
-                if fmt is None:  # pragma: no cover - _FORMATS admits only these
+                if fmt is None:  # pragma: no cover - FORMATS admits only these
                     raise OSError(f"cannot downscale {opened.format} images")
                 width, height = opened.size
                 if width * height > MAX_PIXELS:

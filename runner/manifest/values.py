@@ -41,8 +41,32 @@ def parse_duration(value: object) -> float | None:
     return sum(float(n) * _DURATION_UNITS[unit] for n, unit in parts)
 
 
+PLAIN_HTTP = "http:// is only allowed to this machine (127.0.0.1, localhost, [::1]); use https://"
+
+
+def is_loopback(host: str) -> bool:
+    """A literal loopback address (``127.0.0.0/8``, ``::1``, ``::ffff:127.0.0.1``), or the
+    name ``localhost`` itself. Not ``*.localhost`` nor ``localhost.``: those go to the
+    system resolver like any other name, and it may send them anywhere."""
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 def endpoint_problem(endpoint: str) -> str | None:
-    """``sandbox``, any https:// URL, or http:// to loopback only (a key must not go in clear)."""
+    """``sandbox``, any https:// URL, or http:// to loopback only (a key must not go in clear).
+
+    The one statement of the rule: validate reports it at the key, and the API layer
+    (``runner.api.endpoint``) applies it to ``--endpoint`` and ``RUNNER_ENDPOINT`` too.
+    """
     if endpoint == "sandbox":
         return None
     try:
@@ -54,16 +78,9 @@ def endpoint_problem(endpoint: str) -> str | None:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not host:
         return 'must be "sandbox", an https:// URL, or an http:// URL to this machine'
-    if scheme == "https":
-        return None
-    if host == "localhost" or host.endswith(".localhost"):
-        return None
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:
-        pass
-    return "http:// is only allowed to this machine (127.0.0.1, localhost, [::1]); use https://"
+    if scheme == "http" and not is_loopback(host):
+        return PLAIN_HTTP
+    return None
 
 
 def url_problem(url: str) -> str | None:

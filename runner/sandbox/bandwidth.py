@@ -25,7 +25,6 @@ class Link:
         self.bytes_per_second = mbps * 1_000_000 / 8
         self._clock = clock
         self._free_at = 0.0  # when the link finishes what it has carried so far
-        self.carried = 0  # bytes read through this link since start-up
 
     async def carry(self, size: int) -> None:
         """Wait until ``size`` more bytes could have crossed the link."""
@@ -34,7 +33,6 @@ class Link:
         now = self._clock()
         start = max(self._free_at, now - BURST_SECONDS)
         self._free_at = start + size / self.bytes_per_second
-        self.carried += size
         wait = self._free_at - now
         if wait > 0:
             await anyio.sleep(wait)

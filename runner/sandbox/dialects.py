@@ -25,7 +25,6 @@ from typing import Any
 from runner.sandbox import training
 from runner.sandbox.store import Asset
 
-FAIL_MESSAGE = "the lora_prefix asks the sandbox to fail"
 # Put in place of any string of an opaque answer that would give the trigger word away; it
 # has no "_", so it can never start with "<lora_prefix>_" itself.
 REDACTED = "redacted"
@@ -84,7 +83,7 @@ def _fail_message(asset: Asset) -> str:
     for entry in reversed(asset.history):
         if entry.get("status") == training.FAIL and entry.get("message"):
             return str(entry["message"])
-    return FAIL_MESSAGE
+    return training.FAIL_MESSAGE
 
 
 def _scrub(value: Any, needle: str) -> Any:

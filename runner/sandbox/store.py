@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.sandbox.quota import InsufficientCredit, Quota, QuotaExceeded
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (
@@ -64,42 +66,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 
-class InsufficientCredit(Exception):
-    """The account's balance cannot pay for one more training."""
-
-
-class QuotaExceeded(Exception):
-    """The account has used its ``--max-trainings-per-key`` or ``--max-stored-mb-per-key``;
-    ``args[0]`` is the message for the client."""
-
-
-@dataclass(frozen=True)
-class Quota:
-    """Per-key limits on what a key may keep on the sandbox's disk; None = unlimited."""
-
-    max_trainings: int | None = None
-    max_stored_bytes: int | None = None
-
-    def refusal(self, trainings: int, stored_bytes: int, adding_bytes: int) -> str | None:
-        """Why one more training of ``adding_bytes`` of uploads is refused, or None."""
-        if self.max_trainings is not None and trainings + 1 > self.max_trainings:
-            return (
-                f"sandbox quota: this API key has used all of its {self.max_trainings}"
-                " trainings (--max-trainings-per-key)"
-            )
-        if self.max_stored_bytes is not None and stored_bytes + adding_bytes > self.max_stored_bytes:
-            return (
-                f"sandbox quota: this upload ({_mb(adding_bytes)}) would take this API key's"
-                f" stored uploads to {_mb(stored_bytes + adding_bytes)}, above its"
-                f" {_mb(self.max_stored_bytes)} (--max-stored-mb-per-key)"
-            )
-        return None
-
-
-def _mb(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MB"
-
-
 @dataclass(frozen=True)
 class Asset:
     """One training as stored; ``status`` is the last materialized state, see training.py."""
@@ -122,7 +88,7 @@ class Asset:
     webhook_state: str
     webhook_attempts: int
     webhook_next_at: float
-    # What makes two trainings "the same request" (see app.py); None in rows written
+    # What makes two trainings "the same request" (see idempotency.py); None in rows written
     # before the column existed.
     request_hash: str | None = None
 
@@ -140,6 +106,27 @@ class IdempotentAnswer:
     status_code: int
     body: bytes
     created_at: float
+
+
+@dataclass(frozen=True)
+class NewAsset:
+    """A training to insert: an ``Asset`` before the store draws its trigger word.
+    ``stored_bytes`` is what its uploads take on disk, counted against the key's quota."""
+
+    id: str
+    account: str
+    args: dict[str, Any]
+    created_at: float
+    duration: float
+    outcome: str
+    status: str
+    history: list[dict[str, Any]]
+    base_url: str
+    image_dir: str
+    images: list[str]
+    webhook_url: str | None
+    request_hash: str | None = None
+    stored_bytes: int = 0
 
 
 class Store:
@@ -203,6 +190,15 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def _one(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._db.execute(sql, params).fetchone()
+        return row
+
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -233,131 +229,82 @@ class Store:
             )
 
     def count_post(self, account: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE accounts SET posts = posts + 1 WHERE id = ?", (account,))
+        self._bump(account, "UPDATE accounts SET posts = posts + 1 WHERE id = ?")
 
     def usage(self, account: str) -> tuple[int, int]:
         """(trainings, stored upload bytes) of the account so far."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT trainings, stored_bytes FROM accounts WHERE id = ?", (account,)
-            ).fetchone()
+        row = self._one("SELECT trainings, stored_bytes FROM accounts WHERE id = ?", (account,))
         return (0, 0) if row is None else (int(row["trainings"]), int(row["stored_bytes"]))
 
     def count_replay(self, account: str) -> None:
+        self._bump(account, "UPDATE accounts SET replays = replays + 1 WHERE id = ?")
+
+    def _bump(self, account: str, update: str) -> None:
         with self._tx() as db:
-            db.execute("UPDATE accounts SET replays = replays + 1 WHERE id = ?", (account,))
+            db.execute(update, (account,))
 
     def ledger(self, account: str) -> dict[str, Any]:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT credits_charged, trainings, posts, replays, balance, stored_bytes FROM accounts"
-                " WHERE id = ?",
+        with self._lock:  # one snapshot: every writer takes the same lock
+            row = self._one(
+                "SELECT credits_charged, trainings, posts, replays, balance, stored_bytes"
+                " FROM accounts WHERE id = ?",
                 (account,),
-            ).fetchone()
-            inputs = list(
-                self._db.execute(
-                    "SELECT args, request_hash FROM assets WHERE account = ? ORDER BY rowid",
-                    (account,),
-                )
+            )
+            inputs = self._all(
+                "SELECT args, request_hash FROM assets WHERE account = ? ORDER BY rowid",
+                (account,),
             )
         if row is None:
-            return {"credits_charged": 0, "trainings": 0, "posts": 0, "replays": 0, "balance": None,
-                    "stored_bytes": 0, "duplicate_trainings": 0}
+            return {"credits_charged": 0, "trainings": 0, "posts": 0, "replays": 0,
+                    "balance": None, "stored_bytes": 0, "duplicate_trainings": 0}  # fmt: skip
         return {**dict(row), "duplicate_trainings": _duplicates(inputs)}
 
     # -- assets ---------------------------------------------------------------------
 
     def create_asset(
         self,
-        *,
+        new: NewAsset,
         make_trigger_word: Callable[[], str],
-        cost: int,
-        asset_id: str,
-        account: str,
-        args: dict[str, Any],
-        created_at: float,
-        duration: float,
-        outcome: str,
-        status: str,
-        history: list[dict[str, Any]],
-        base_url: str,
-        image_dir: str,
-        images: list[str],
-        webhook_url: str | None,
-        request_hash: str | None = None,
-        stored_bytes: int = 0,
+        *,
+        cost: int = 1,
         quota: Quota | None = None,
     ) -> Asset:
         """Charge and insert in one transaction, so a training is never started unpaid
         nor paid twice, and concurrent requests cannot together pass ``quota``; the trigger
-        word is drawn again on the (rare) collision. ``stored_bytes`` is what its uploads
-        take on disk, counted against the key's quota."""
+        word is drawn again on the (rare) collision."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT balance, trainings, stored_bytes FROM accounts WHERE id = ?", (account,)
+                "SELECT balance, trainings, stored_bytes FROM accounts WHERE id = ?",
+                (new.account,),
             ).fetchone()
             balance = None if row is None else row["balance"]
             if quota is not None and row is not None:
-                refusal = quota.refusal(row["trainings"], row["stored_bytes"], stored_bytes)
+                refusal = quota.refusal(row["trainings"], row["stored_bytes"], new.stored_bytes)
                 if refusal:
                     raise QuotaExceeded(refusal)
             if balance is not None and balance < cost:
                 raise InsufficientCredit(balance)
-            for _ in range(100):
-                trigger_word = make_trigger_word()
-                try:
-                    db.execute(
-                        "INSERT INTO assets (id, account, trigger_word, args, created_at, duration,"
-                        " final_at, outcome, status, updated_at, history, base_url, image_dir,"
-                        " images, webhook_url, request_hash)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            asset_id,
-                            account,
-                            trigger_word,
-                            json.dumps({**args, "trigger_word": trigger_word}),
-                            created_at,
-                            duration,
-                            created_at + duration,
-                            outcome,
-                            status,
-                            created_at,
-                            json.dumps(history),
-                            base_url,
-                            image_dir,
-                            json.dumps(images),
-                            webhook_url,
-                            request_hash,
-                        ),
-                    )
-                    break
-                except sqlite3.IntegrityError:
-                    continue
-            else:  # pragma: no cover - 36**6 suffixes make this practically impossible
-                raise RuntimeError("could not draw a unique trigger word")
+            _insert_asset(db, new, make_trigger_word)
             db.execute(
                 "UPDATE accounts SET balance = CASE WHEN balance IS NULL THEN NULL"
                 " ELSE balance - ? END, credits_charged = credits_charged + ?,"
                 " trainings = trainings + 1, stored_bytes = stored_bytes + ? WHERE id = ?",
-                (cost, cost, stored_bytes, account),
+                (cost, cost, new.stored_bytes, new.account),
             )
-        asset = self.get_asset(account, asset_id)
+        asset = self.get_asset(new.account, new.id)
         assert asset is not None
         return asset
 
     def get_asset(self, account: str, ident: str) -> Asset | None:
         """By asset id or trigger word, and only within the account (isolation)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM assets WHERE account = ? AND (id = ? OR trigger_word = ?)",
-                (account, ident, ident),
-            ).fetchone()
+        row = self._one(
+            "SELECT * FROM assets WHERE account = ? AND (id = ? OR trigger_word = ?)",
+            (account, ident, ident),
+        )
         return None if row is None else Asset.from_row(row)
 
     def get_asset_by_id(self, asset_id: str) -> Asset | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM assets WHERE id = ?", (asset_id,)).fetchone()
+        row = self._one("SELECT * FROM assets WHERE id = ?", (asset_id,))
         return None if row is None else Asset.from_row(row)
 
     def advance_asset(
@@ -381,21 +328,16 @@ class Store:
             return cur.rowcount == 1
 
     def due_asset_ids(self, now: float, limit: int = 500) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id FROM assets WHERE status NOT IN ('success', 'fail') AND final_at <= ?"
-                " ORDER BY final_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        return [r["id"] for r in rows]
+        """Trainings whose end has come but whose final status is not written yet."""
+        where = "status NOT IN ('success', 'fail') AND final_at <= ? ORDER BY final_at"
+        return self._ids(where, now, limit)
 
     def due_webhook_ids(self, now: float, limit: int = 100) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id FROM assets WHERE webhook_state = 'pending' AND webhook_next_at <= ?"
-                " ORDER BY webhook_next_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
+        where = "webhook_state = 'pending' AND webhook_next_at <= ? ORDER BY webhook_next_at"
+        return self._ids(where, now, limit)
+
+    def _ids(self, where: str, now: float, limit: int) -> list[str]:
+        rows = self._all(f"SELECT id FROM assets WHERE {where} LIMIT ?", (now, limit))
         return [r["id"] for r in rows]
 
     def set_webhook(
@@ -417,12 +359,11 @@ class Store:
     # -- idempotency ----------------------------------------------------------------
 
     def get_idempotent(self, account: str, key: str, since: float) -> IdempotentAnswer | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT request_hash, status_code, body, created_at FROM idempotency"
-                " WHERE account = ? AND key = ? AND created_at >= ?",
-                (account, key, since),
-            ).fetchone()
+        row = self._one(
+            "SELECT request_hash, status_code, body, created_at FROM idempotency"
+            " WHERE account = ? AND key = ? AND created_at >= ?",
+            (account, key, since),
+        )
         return None if row is None else IdempotentAnswer(**dict(row))
 
     def put_idempotent(
@@ -438,6 +379,42 @@ class Store:
     def purge_idempotent(self, before: float) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
+
+
+def _insert_asset(
+    db: sqlite3.Connection, new: NewAsset, make_trigger_word: Callable[[], str]
+) -> None:
+    for _ in range(100):
+        trigger_word = make_trigger_word()
+        try:
+            db.execute(
+                "INSERT INTO assets (id, account, trigger_word, args, created_at, duration,"
+                " final_at, outcome, status, updated_at, history, base_url, image_dir,"
+                " images, webhook_url, request_hash)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    new.id,
+                    new.account,
+                    trigger_word,
+                    json.dumps({**new.args, "trigger_word": trigger_word}),
+                    new.created_at,
+                    new.duration,
+                    new.created_at + new.duration,
+                    new.outcome,
+                    new.status,
+                    new.created_at,
+                    json.dumps(new.history),
+                    new.base_url,
+                    new.image_dir,
+                    json.dumps(new.images),
+                    new.webhook_url,
+                    new.request_hash,
+                ),
+            )
+            return
+        except sqlite3.IntegrityError:
+            continue
+    raise RuntimeError("could not draw a unique trigger word")  # pragma: no cover - 36**6
 
 
 def _duplicates(inputs: list[sqlite3.Row]) -> int:

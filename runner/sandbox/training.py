@@ -38,12 +38,12 @@ PROCESSING = "processing_bullet"
 SUCCESS = "success"
 FAIL = "fail"
 FINAL = (SUCCESS, FAIL)
-ORDER = (QUEUED, PROCESSING)
 
 AUTO_ITERATIONS = 1000
 IMAGES_PER_UNIT = 10
 QUEUE_FRACTION = 0.1
 FAIL_MARKER = "FAIL"
+FAIL_MESSAGE = "the lora_prefix asks the sandbox to fail"
 OUTPUT_NAMES = ("sample_0.png", "sample_1.png", "thumb_0.png", "thumb_1.png")
 MIME_TYPE = "image/png"
 APP_NAME = "sandbox"
@@ -125,7 +125,7 @@ def advance(store: Store, asset: Asset, now: float) -> Asset:
             passed = True
             continue
         if passed and at <= now:
-            message = "the lora_prefix asks the sandbox to fail" if status == FAIL else None
+            message = FAIL_MESSAGE if status == FAIL else None
             history.append(history_entry(status, at, message))
             updated_at = at
             if status == target:

@@ -30,7 +30,7 @@ import anyio
 import httpx
 
 from runner.sandbox.config import SandboxConfig
-from runner.sandbox.store import Store
+from runner.sandbox.store import Asset, Store
 from runner.sandbox.training import envelope
 
 log = logging.getLogger("runner.sandbox.webhooks")
@@ -159,8 +159,7 @@ class WebhookSender:
         asset = self._store.get_asset_by_id(asset_id)
         if asset is None or asset.webhook_state != "pending" or not asset.webhook_url:
             return
-        url = asset.webhook_url
-        refusal, request_url, extra = await self._route(url)
+        refusal, request_url, extra = await self._route(asset.webhook_url)
         if refusal:
             self._store.set_webhook(
                 asset_id,
@@ -170,12 +169,18 @@ class WebhookSender:
                 note=refusal,
             )
             return
+        attempts = asset.webhook_attempts + 1
+        error = await self._post(asset, request_url, extra, attempts)
+        self._record(asset, attempts, error)
+
+    async def _post(
+        self, asset: Asset, request_url: str, extra: dict[str, Any], attempts: int
+    ) -> str | None:
+        """One delivery; what went wrong, or None when the receiver took it (2xx)."""
         if self._client is None:
             # trust_env=False: a proxy from the environment would make the address check moot.
             self._client = httpx.AsyncClient(timeout=5.0, follow_redirects=False, trust_env=False)
-        attempts = asset.webhook_attempts + 1
         body = json.dumps(envelope(asset, asset.base_url)).encode()
-        error: str | None = None
         try:
             client = self._client
             if extra:  # pinned to an address: pooled connections are per address, not per
@@ -195,19 +200,21 @@ class WebhookSender:
             finally:
                 if client is not self._client:
                     await client.aclose()
-            if not response.is_success:
-                error = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
-            error = type(exc).__name__
+            return type(exc).__name__
+        return None if response.is_success else f"HTTP {response.status_code}"
+
+    def _record(self, asset: Asset, attempts: int, error: str | None) -> None:
+        """Delivered, given up, or due again after the backoff."""
         if error is None:
             self._store.set_webhook(
-                asset_id, state="delivered", attempts=attempts, next_at=0, note="webhook delivered"
+                asset.id, state="delivered", attempts=attempts, next_at=0, note="webhook delivered"
             )
             return
         log.warning("webhook for %s failed (%s), attempt %d", asset.trigger_word, error, attempts)
         if attempts >= self._config.webhook_attempts:
             self._store.set_webhook(
-                asset_id,
+                asset.id,
                 state="failed",
                 attempts=attempts,
                 next_at=0,
@@ -216,5 +223,5 @@ class WebhookSender:
             return
         delay = self._config.webhook_backoff * 2 ** (attempts - 1)
         self._store.set_webhook(
-            asset_id, state="pending", attempts=attempts, next_at=self._clock() + delay, note=None
+            asset.id, state="pending", attempts=attempts, next_at=self._clock() + delay, note=None
         )

@@ -29,9 +29,10 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from runner import logsetup
-from runner.api.endpoint import check_endpoint_url, inferred_api, is_loopback
+from runner.api.endpoint import check_endpoint_url, inferred_api
 from runner.diagnostics import Diagnostic
 from runner.errors import InputError, UsageError
+from runner.manifest.values import is_loopback
 from runner.models import LockEntry
 from runner.views.plan import md_code
 from runner.views.status import status_table
@@ -394,7 +395,7 @@ def test_plain_http_to_a_localhost_subdomain_is_refused(tmp_path: Path) -> None:
     write_manifest(tmp_path, api={"endpoint": "http://evil.localhost:8000"}, images_per_job=1)
     result = runner("plan", "manifest.yaml", cwd=tmp_path)
     assert result.code == 1
-    assert "plain http is only allowed to loopback" in result.stderr
+    assert "http:// is only allowed to this machine" in result.stderr
     with pytest.raises(UsageError):
         check_endpoint_url("http://x.localhost", "api.endpoint")
     assert check_endpoint_url("http://localhost:9", "api.endpoint") == "http://localhost:9"
