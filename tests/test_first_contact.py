@@ -8,6 +8,7 @@ never becomes readable), a small stand-in that answers only what the test says.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -205,7 +206,12 @@ def test_an_unreachable_endpoint_fails_fast_naming_the_host(tmp_path: Path) -> N
         result = runner("apply", "m.yaml", cwd=tmp_path)
         took = time.monotonic() - started
     assert result.code == 1, result.stderr
-    assert took < 30, took
+    # The 30 s is runner's own: its retries end within their budget, by its clock ("tried N
+    # times over Ns"). The wall time adds the start-up and the image checks of 20 jobs, seconds
+    # more on a machine loaded by parallel test workers (30.7 s once): only a hang guard here.
+    spent = re.search(r"\(tried \d+ times over (\d+)s\)", result.stderr)
+    assert spent and int(spent.group(1)) < 30, result.stderr
+    assert took < 90, took
     assert f"127.0.0.1:{port}" in result.stderr and "refused" in result.stderr
     lockfile = tmp_path / "m.lock.yaml"
     jobs = lock_doc(lockfile)["jobs"] if lockfile.exists() else {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -92,9 +93,37 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """Every command run once with the canary key (``_make_world``), once per test run.
+
+    Serially, in this module's temporary folder. Under pytest-xdist the first worker that
+    needs it makes it in the run's shared temporary folder while holding a file lock; the
+    other workers wait for the lock and read what it saw (pytest-xdist's recipe for a
+    fixture made once), instead of each running every command again (a minute on a loaded
+    machine). ``xdist_group`` cannot do this: on pytest 9.2 ``--dist loadgroup`` silently
+    stops grouping (pytest-xdist issue 1386).
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _make_world(tmp_path_factory.mktemp("security"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "reliability-security-world"
+    record = shared / "world.json"
+    with FileLock(f"{shared}.lock"):
+        if not record.exists():
+            shared.mkdir(exist_ok=True)
+            made = _make_world(shared)
+            record.write_text(json.dumps({
+                "outputs": made.seen.outputs, "codes": made.seen.codes, "project": str(made.project),
+                "sandbox_states": [str(p) for p in made.sandbox_states], "journal_seen": made.journal_seen,
+            }), encoding="utf-8")  # fmt: skip
+    doc = json.loads(record.read_text(encoding="utf-8"))
+    seen = Seen([(label, text) for label, text in doc["outputs"]], doc["codes"])
+    return World(seen, Path(doc["project"]), [Path(p) for p in doc["sandbox_states"]], doc["journal_seen"])
+
+
+def _make_world(root: Path) -> World:
     """Run every command with the canary key at -v, in JSON and console logs, on success and failure."""
     seen = Seen()
-    root = tmp_path_factory.mktemp("security")
     project = root / "project"
     states = [root / "sandbox", root / "sandbox-401", root / "sandbox-keyflag", root / "sandbox-slow"]
     with sandbox(states[0]) as url:
