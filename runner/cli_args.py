@@ -98,10 +98,12 @@ def _command(
 
 
 def _manifests_arg(p: argparse.ArgumentParser) -> None:
+    """MANIFEST..., and ``--allow-outside-links``, which every command reading them has."""
     p.add_argument(
         "manifests", nargs="*", metavar="MANIFEST",
         help=f"manifest files or globs (default: {DEFAULT_MANIFEST} in the current folder)",
     )
+    _links_opt(p)
 
 
 def _format_opt(p: argparse.ArgumentParser, choices: list[str], what: str) -> None:
@@ -136,7 +138,6 @@ runner validate --strict --format json 'catalog/*.yaml'
     _manifests_arg(p)
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     _format_opt(p, ["text", "json"], "text: FILE:LINE:COL lines; json: one document for tools")
-    _links_opt(p)
 
 
 def _plan_command(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -157,7 +158,6 @@ runner plan --detailed-exitcode runner.yaml            # exit 2 when there are c
     p.add_argument(
         "--prune", action="store_true", help="show the orphaned lock entries apply --prune would drop"
     )
-    _links_opt(p)
 
 
 def _apply_command(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -183,7 +183,6 @@ runner apply --prune runner.yaml                       # also drop orphaned lock
         help="do not ask 'yes' on a terminal before starting paid trainings (CI never asks)",
     )
     _contact_opts(p)
-    _links_opt(p)
 
 
 def _status_command(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -195,10 +194,9 @@ runner status --refresh --format json runner.yaml
 """, [common],
     )
     _manifests_arg(p)
-    _lockfile_opt(p)
     p.add_argument("--refresh", action="store_true", help="ask the API about jobs still training")
+    _lockfile_opt(p)
     _format_opt(p, ["text", "json"], "text: a table; json: the rows for tools")
-    _links_opt(p)
 
 
 def _doctor_command(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
@@ -265,7 +263,6 @@ runner report 'catalog/*.yaml' -o catalog.html --image-size 768
     p.add_argument(
         "--image-size", type=int, default=512, metavar="PX", help="longest side of embedded samples"
     )
-    _links_opt(p)
     p.add_argument(
         "--timeout", type=float, default=120.0, metavar="S",
         help="deadline for fetching every sample together (default 120 s); late ones are shown as timed out",

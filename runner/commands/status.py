@@ -24,14 +24,8 @@ from runner.errors import RunnerError
 from runner.logsetup import clean, clean_lines, guard
 from runner.manifest.many import expand_manifests, worst
 from runner.state.lockfile import read_lockfile
+from runner.views import status as view
 from runner.views.plan import dumps
-from runner.views.status import (
-    status_counts,
-    status_counts_phrase,
-    status_rows,
-    status_table,
-    status_text,
-)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,23 +47,23 @@ def run(args: argparse.Namespace) -> int:
             documents.append({"manifest": manifest_path, "error": logsetup.redact(str(exc))})
             continue
         codes.append(0)
-        for status, n in status_counts(rows).items():
+        for status, n in view.status_counts(rows).items():
             totals[status] = totals.get(status, 0) + n
         if args.format == "json":
             documents.append({"manifest": manifest_path, "lockfile": str(lockfile), "api": api, "jobs": rows})
         elif console is not None:
-            console.print(status_table(rows, title=manifest_path if many else None))
+            console.print(view.status_table(rows, title=manifest_path if many else None))
         else:
             if many:
                 sys.stdout.write(guard(f"{clean(manifest_path)}:\n"))
-            sys.stdout.write(status_text(rows))
+            sys.stdout.write(view.status_text(rows))
             if many:
                 sys.stdout.write("\n")
     if args.format == "json":
         doc: dict[str, Any] = documents[0] if not many else {"manifests": documents}
         sys.stdout.write(dumps(doc))
     elif many:
-        line = f"Total over {len(manifests)} manifests: {status_counts_phrase(dict(sorted(totals.items())))}."
+        line = f"Total over {len(manifests)} manifests: {view.status_counts_phrase(dict(sorted(totals.items())))}."
         if console is not None:
             console.print(line, markup=False, highlight=False)
         else:
@@ -90,7 +84,7 @@ def _rows(manifest_path: str, args: argparse.Namespace) -> tuple[Any, str, list[
         mine = {n: e for n, e in entries.items() if accepts(api, made_at(e, api))}
         entries = {**entries, **refresh_entries(manifest, mine)}
     names = sorted({job.name for job in manifest.jobs} | set(entries))
-    return lockfile, api, status_rows(entries, names, api=api)
+    return lockfile, api, view.status_rows(entries, names, api=api)
 
 
 def _console() -> Any:

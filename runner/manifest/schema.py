@@ -17,7 +17,7 @@ import contextlib
 import difflib
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,22 +122,17 @@ def _remember_valid(cache: Path, key: str) -> None:
     usercache.store(usercache.SCHEMA_VALID, cache, keys)
 
 
+# bool before int: True is an int to isinstance, and a boolean to a user.
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+    (list, "a list"), (dict, "a mapping"),
+)
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), type(value).__name__)
 
 
 _TYPE_WORDS = {
@@ -190,63 +185,73 @@ def _explain(error: ValidationError) -> Iterable[tuple[tuple[PathPart, ...], str
         yield from _explain_branches(error, path)
         return
 
-    if kind == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        when = f" (required when {schema['x-when']})" if "x-when" in schema else ""
-        yield path, f"missing required key {missing!r}{when}", False
+    simple = _SIMPLE.get(str(kind))
+    said = simple(error, schema) if simple is not None else None
+    if said is not None:
+        yield path, said[0], said[1]
         return
-
-    if kind == "type":
-        expected = error.validator_value
-        names = [expected] if isinstance(expected, str) else list(expected)
-        words = " or ".join(_TYPE_WORDS.get(n, n) for n in names)
-        yield path, f"expected {words}, got {_type_name(instance)}", False
-        return
-
-    if kind == "enum":
-        choices = [c for c in error.validator_value if c is not None]
-        hint = difflib.get_close_matches(str(instance), [str(c) for c in choices], n=1, cutoff=0.6)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        yield path, f"{_short(instance)} is not one of: {', '.join(map(str, choices))}{suggestion}", False
-        return
-
-    if kind == "const":
-        yield path, f"must be {error.validator_value!r}, got {_short(instance)}", False
-        return
-
-    if kind == "pattern":
-        pattern_hint = _PATTERN_HINTS.get(str(error.validator_value))
-        why = pattern_hint or f"must match {error.validator_value}"
-        yield path, f"{_short(instance)} is not valid: {why}", False
-        return
-
-    if kind in ("minItems", "minLength"):
-        n = error.validator_value
-        if kind == "minLength" and n == 1:
-            yield path, "must not be empty", False
-        else:
-            unit = "item" if kind == "minItems" else "character"
-            yield path, f"needs at least {n} {unit}{'s' if n != 1 else ''}", False
-        return
-
-    if kind == "maxLength":
-        yield path, f"is too long (at most {error.validator_value} characters)", False
-        return
-
-    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
-        yield path, f"must be {op} {error.validator_value}, got {_short(instance)}", False
-        return
-
-    if kind == "not":
-        yield path, "is not allowed here", True
-        return
-
-    if kind == "propertyNames" and error.context:
-        yield path, f"invalid key: {error.context[0].message}", False
-        return
-
     yield path, error.message, False
+
+
+def _required(error: ValidationError, schema: dict[str, Any]) -> tuple[str, bool]:
+    missing = error.message.split("'")[1] if "'" in error.message else error.message
+    when = f" (required when {schema['x-when']})" if "x-when" in schema else ""
+    return f"missing required key {missing!r}{when}", False
+
+
+def _type(error: ValidationError, _schema: dict[str, Any]) -> tuple[str, bool]:
+    expected = error.validator_value
+    names = [expected] if isinstance(expected, str) else list(expected)
+    words = " or ".join(_TYPE_WORDS.get(n, n) for n in names)
+    return f"expected {words}, got {_type_name(error.instance)}", False
+
+
+def _enum(error: ValidationError, _schema: dict[str, Any]) -> tuple[str, bool]:
+    choices = [c for c in error.validator_value if c is not None]
+    hint = difflib.get_close_matches(str(error.instance), [str(c) for c in choices], n=1, cutoff=0.6)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"{_short(error.instance)} is not one of: {', '.join(map(str, choices))}{suggestion}", False
+
+
+def _pattern(error: ValidationError, _schema: dict[str, Any]) -> tuple[str, bool]:
+    why = _PATTERN_HINTS.get(str(error.validator_value)) or f"must match {error.validator_value}"
+    return f"{_short(error.instance)} is not valid: {why}", False
+
+
+def _at_least(error: ValidationError, _schema: dict[str, Any]) -> tuple[str, bool]:
+    n = error.validator_value
+    if error.validator == "minLength" and n == 1:
+        return "must not be empty", False
+    unit = "item" if error.validator == "minItems" else "character"
+    return f"needs at least {n} {unit}{'s' if n != 1 else ''}", False
+
+
+def _bound(error: ValidationError, _schema: dict[str, Any]) -> tuple[str, bool]:
+    op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[str(error.validator)]
+    return f"must be {op} {error.validator_value}, got {_short(error.instance)}", False
+
+
+def _property_names(error: ValidationError, _schema: dict[str, Any]) -> tuple[str, bool] | None:
+    return (f"invalid key: {error.context[0].message}", False) if error.context else None
+
+
+# One message per validator kind: (message, place it at the key rather than the value).
+_SIMPLE: dict[str, Callable[[ValidationError, dict[str, Any]], tuple[str, bool] | None]] = {
+    "required": _required,
+    "type": _type,
+    "enum": _enum,
+    "const": lambda e, _s: (f"must be {e.validator_value!r}, got {_short(e.instance)}", False),
+    "pattern": _pattern,
+    "minItems": _at_least,
+    "minLength": _at_least,
+    "maxLength": lambda e, _s: (f"is too long (at most {e.validator_value} characters)", False),
+    "minimum": _bound,
+    "exclusiveMinimum": _bound,
+    "maximum": _bound,
+    "exclusiveMaximum": _bound,
+    "not": lambda _e, _s: ("is not allowed here", True),
+    "propertyNames": _property_names,
+}
 
 
 def _matching_branch(error: ValidationError) -> list[ValidationError] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from runner.models import FINETUNE_TYPES, OPTIONS
 
@@ -69,12 +69,10 @@ def endpoint_problem(endpoint: str) -> str | None:
     """
     if endpoint == "sandbox":
         return None
-    try:
-        parts = urlsplit(endpoint)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError as exc:
-        return f"invalid URL ({exc})"
+    parts, problem = _split(endpoint)
+    if parts is None:
+        return problem
+    host = parts.hostname
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not host:
         return 'must be "sandbox", an https:// URL, or an http:// URL to this machine'
@@ -85,17 +83,24 @@ def endpoint_problem(endpoint: str) -> str | None:
 
 def url_problem(url: str) -> str | None:
     """None for a well-formed http(s) URL with a host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError as exc:
-        return f"invalid URL ({exc})"
+    parts, problem = _split(url)
+    if parts is None:
+        return problem
     if parts.scheme.lower() not in ("http", "https"):
         return "must be an http:// or https:// URL"
-    if not host:
+    if not parts.hostname:
         return "URL has no host"
     return None
+
+
+def _split(url: str) -> tuple[SplitResult | None, str | None]:
+    """The URL's parts, or why it has none (a bad port or IPv6 literal raises only when read)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.hostname, parts.port
+    except ValueError as exc:
+        return None, f"invalid URL ({exc})"
+    return parts, None
 
 
 def clip(message: str, limit: int = 400) -> str:

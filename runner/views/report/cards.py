@@ -29,20 +29,23 @@ class Sample:
 
 @dataclass
 class Card:
+    """One job on the page: its state, the trigger word, what was trained, its samples."""
+
     manifest: str
     name: str
     status: str
     trigger_word: str | None = None
+    samples: list[Sample] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    # What was trained, as sent (the entry's inputs; the manifest's for a job never applied).
     option: str | None = None
     finetune_type: str | None = None
-    images: int | None = None
-    finished_at: str | None = None
-    error: dict[str, Any] | None = None
-    samples: list[Sample] = field(default_factory=list)
     lora_prefix: str | None = None
     num_iterations: int | None = None
     prompt: str | None = None
+    images: int | None = None
     submitted_at: str | None = None
+    finished_at: str | None = None
 
 
 @dataclass
@@ -101,13 +104,13 @@ def cards_for(
                 name,
                 entry.status,
                 entry.trigger_word,
-                entry.option,
-                entry.finetune_type,
-                entry.images,
-                entry.finished_at,
-                entry.error,
                 [Sample(str(url)) for url in entry.results],
+                entry.error,
+                option=entry.option,
+                finetune_type=entry.finetune_type,
+                images=entry.images,
                 submitted_at=entry.submitted_at,
+                finished_at=entry.finished_at,
                 **values,
             )
         )
