@@ -253,6 +253,8 @@ class ApplyResult:
     pruned: list[str] = field(default_factory=list)
     # At the end: targeted jobs the service may still be training (paid; they keep running).
     on_service: list[str] = field(default_factory=list)
+    # A POST was accepted, or its answer lost: from here on a training may have been paid for.
+    sent: bool = False
 
     @property
     def changed(self) -> bool:
@@ -260,11 +262,18 @@ class ApplyResult:
         return bool(self.pruned or self.on_service) or any(o.action != "noop" for o in self.outcomes)
 
     @property
+    def started(self) -> bool:
+        """Whether this run may have started a training (a POST accepted or its answer lost)."""
+        return self.sent or any(o.action != "noop" and o.status != "skipped" for o in self.outcomes)
+
+    @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
         if self.fatal:
-            return EXIT_INPUT
+            # Exit 1 promises nothing was submitted (DESIGN section 2); once a training was
+            # started, a run stopped by a refused key or an unwritable lockfile is unfinished.
+            return EXIT_INCOMPLETE if self.started else EXIT_INPUT
         if self.credit_exhausted:
             return EXIT_CREDIT
         if any(o.status != "succeeded" for o in self.outcomes):

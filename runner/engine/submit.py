@@ -65,12 +65,15 @@ async def submit(run: Applier, change: Change, replay: bool) -> LockEntry | None
                 resized = await run.preparer.parts(fp)
             submitted = await _write_ahead_post(run, change, base, resized)
         except ApiError as exc:
+            if isinstance(exc, Uncertain):
+                run.result.sent = True  # the answer was lost: it may have started
             return _after_error(run, change, base, exc, resized)
         except OSError as exc:
             message = f"cannot read image {exc.filename or ''}: {exc.strerror or exc}"
             return _settle(run, change, transition(base, Refused(0, message)), message)
         if submitted is None:
             return None
+        run.result.sent = True  # accepted: a training was started (and paid for)
         entry = on_submitted(base, submitted, run.api)
         if entry.status == "uncertain":
             return _settle(run, change, entry, (entry.error or {}).get("message"))
