@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -21,10 +21,8 @@ from runner.models import uses_finetune_type, uses_prompt
 from runner.sandbox import dialects, idempotency, openapi, training, uploads, validation
 from runner.sandbox.messages import message
 from runner.sandbox.quota import InsufficientCredit, QuotaExceeded, no_credit_message
-from runner.sandbox.runtime import CallerDep, Sandbox
+from runner.sandbox.runtime import ApiKey, Sandbox, caller
 from runner.sandbox.store import NewAsset
-
-router = APIRouter()
 
 
 @dataclass(frozen=True)
@@ -40,10 +38,13 @@ class Submission:
     base_url: str
 
 
-@router.post("/finetune", **openapi.CREATE_ROUTE)
+def add_routes(app: FastAPI) -> None:
+    """On the app itself, like ``routes_status.add_routes``."""
+    app.add_api_route("/finetune", finetune_flux, methods=["POST"], **openapi.CREATE_ROUTE)
+
+
 async def finetune_flux(
     request: Request,
-    caller: CallerDep,
     image_files: Annotated[
         list[UploadFile] | None,
         File(title="Image Files", description=openapi.IMAGE_FILES_DESCRIPTION),
@@ -65,8 +66,9 @@ async def finetune_flux(
         str | None, Form(title="Prompt", description=openapi.PROMPT_DESCRIPTION)
     ] = None,
     webhook_url: Annotated[str | None, Form(title="Webhook Url")] = None,
+    _api_key: ApiKey = None,
 ) -> Response:
-    sandbox, account = caller.sandbox, caller.account
+    sandbox, account = caller(request)
     files = list(image_files or [])
     urls = [u for u in image_urls if u]
     args: dict[str, Any] = {

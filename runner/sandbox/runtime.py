@@ -1,7 +1,7 @@
 """The state behind one sandbox app: store, clock, limiter, faults, webhooks, ticker.
 
 ``Sandbox`` is what the gate and the routes share: built once by ``create_app``, reached
-from a route through the ``Caller`` dependency, closed by the app's lifespan.
+from a route through ``caller(request)``, closed by the app's lifespan.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
 import anyio.abc
-from fastapi import Depends, Request, Security
+from fastapi import Request, Security
 
 from runner.sandbox import idempotency, training
 from runner.sandbox.bandwidth import Link
@@ -106,24 +105,15 @@ class Sandbox:
             task_group.start_soon(self.webhooks.deliver, asset_id)
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling a route: the gate has checked the key and named the account."""
-
-    sandbox: Sandbox
-    account: str
+# Only documents X-Api-Key in the OpenAPI document: the gate has checked it already.
+ApiKey = Annotated[str | None, Security(api_key_header)]
 
 
-async def _caller(
-    request: Request, _api_key: Annotated[str | None, Security(api_key_header)] = None
-) -> Caller:
-    # The Security parameter only documents X-Api-Key: the gate checked it already.
-    return Caller(sandbox_of(request), request.scope["state"]["sandbox_account"])
+def caller(request: Request) -> tuple[Sandbox, str]:
+    """The sandbox and the account the gate named for this request."""
+    return sandbox_of(request), request.scope["state"]["sandbox_account"]
 
 
 def sandbox_of(request: Request) -> Sandbox:
     sandbox: Sandbox = request.app.state.sandbox
     return sandbox
-
-
-CallerDep = Annotated[Caller, Depends(_caller)]
