@@ -28,7 +28,7 @@ STATE_FILES = tuple(f".runner/sandbox/sandbox.sqlite3{s}" for s in ("", "-wal", 
 
 def digest_cache_path(manifest: Manifest) -> Path | None:
     """In the per-user cache folder (``runner.cache``), never beside the manifest."""
-    return usercache.cache_file(manifest.folder, "digests.json")
+    return usercache.cache_file(manifest.folder, usercache.DIGESTS.file)
 
 
 def check_state_folder(folder: Path) -> None:
@@ -81,7 +81,7 @@ def load(manifest_path: str, stats: dict[str, os.stat_result] | None = None) -> 
 
     folder = Path(os.path.abspath(manifest_path)).parent
     check_state_folder(folder)
-    cache = usercache.cache_file(folder, "schema-valid.json")
+    cache = usercache.cache_file(folder, usercache.SCHEMA_VALID.file)
     return load_or_raise(Path(manifest_path), check_images=False, stats=stats, schema_cache=cache)
 
 

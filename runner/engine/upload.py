@@ -236,7 +236,7 @@ def validate_uploads(manifest: Manifest, display: str) -> list[Diagnostic]:
 
     resizing = [job for job in manifest.jobs if job.max_side and job.images]
     plain = [Fingerprinted(job, "", {}) for job in manifest.jobs if not (job.max_side and job.images)]
-    digests = DigestCache(usercache.cache_file(manifest.folder, "digests.json"))
+    digests = DigestCache(usercache.cache_file(manifest.folder, usercache.DIGESTS.file))
     fps = fingerprint_jobs(resizing, digests) if resizing else []
     cache = ResizeCache.for_manifest(manifest.folder)
     try:
