@@ -1,4 +1,5 @@
-"""Shared fixtures. Plain helpers live in ``tests/helpers.py`` (``from helpers import ...``).
+"""Shared fixtures. Plain helpers live in the ``tests/support`` package
+(``from support.images import make_image``; see its ``__init__``).
 
 Keep this file to thin fixtures, grouped by the area that uses them.
 """
@@ -7,18 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-# tests/ on sys.path for every test, including those in sub-folders (tests/sandbox/...),
-# so ``from helpers import make_image`` works everywhere.
-_TESTS = str(Path(__file__).resolve().parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-from helpers import DATA, REPO_ROOT, write_manifest  # noqa: E402
+from support.manifests import write_manifest
+from support.paths import DATA, REPO_ROOT
 
 # Subprocesses (``python -m runner ...``) import this checkout even when runner is not
 # installed, and never a different installed copy.

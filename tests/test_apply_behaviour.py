@@ -9,14 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-from apply_support import SECRET, ledger, lock_doc, plan_json, runner, sandbox, write_manifest
+from support.apply import SECRET, ledger, plan_json, runner, sandbox
+from support.manifests import lock_doc, write_manifest
 
 
 def test_422_fails_only_that_job_and_plans_a_retry(tmp_path: Path) -> None:
     """A job the API rejects (422) is failed with the server's message; the others succeed."""
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 3, extra_jobs=[
-            {"name": "too-long", "lora_prefix": "LONG", "num_iterations": 500000, "images": "data/job000"}])
+        write_manifest(tmp_path, n_jobs=3, url=url, jobs=[
+            {"name": "too-long", "lora_prefix": "LONG", "num_iterations": 500000, "images": "data/job000"}], filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 3, result.stderr
         jobs = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
@@ -30,11 +31,10 @@ def test_422_fails_only_that_job_and_plans_a_retry(tmp_path: Path) -> None:
 def test_failed_training_is_retried_with_a_new_key(tmp_path: Path) -> None:
     """A training that fails is retried on the next apply as attempt 2 with a new Idempotency-Key."""
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 0, extra_jobs=[{"name": "doomed", "lora_prefix": "FAILX", "images": "data/x"}],
-                       api={})
-        from apply_support import image
+        write_manifest(tmp_path, n_jobs=0, url=url, jobs=[{"name": "doomed", "lora_prefix": "FAILX", "images": "data/x"}], api={}, filename="m.yaml")
+        from support.images import make_image
 
-        image(tmp_path / "data" / "x" / "a.png", 1)
+        make_image(tmp_path / "data" / "x" / "a.png", (16, 16), seed=1)
         assert runner("apply", "m.yaml", cwd=tmp_path).code == 3
         first = lock_doc(tmp_path / "m.lock.yaml")["jobs"]["doomed"]
         assert first["status"] == "failed" and first["attempt"] == 1
@@ -48,7 +48,7 @@ def test_failed_training_is_retried_with_a_new_key(tmp_path: Path) -> None:
 def test_no_wait_then_refresh_then_resume(tmp_path: Path) -> None:
     """--no-wait exits 3 with jobs training; refresh sees them finish; apply resumes without posting."""
     with sandbox(tmp_path / "sb", train_seconds=1.0) as url:
-        write_manifest(tmp_path, url, 3)
+        write_manifest(tmp_path, n_jobs=3, url=url, filename="m.yaml")
         result = runner("apply", "m.yaml", "--no-wait", cwd=tmp_path)
         assert result.code == 3, result.stderr
         assert {e["status"] for e in lock_doc(tmp_path / "m.lock.yaml")["jobs"].values()} == {"training"}
@@ -68,7 +68,7 @@ def test_no_wait_then_refresh_then_resume(tmp_path: Path) -> None:
 def test_target_submits_only_the_named_job(tmp_path: Path) -> None:
     """--target job-001 submits that job alone."""
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 3)
+        write_manifest(tmp_path, n_jobs=3, url=url, filename="m.yaml")
         assert runner("apply", "m.yaml", "--target", "job-001", cwd=tmp_path).code == 0
         assert set(lock_doc(tmp_path / "m.lock.yaml")["jobs"]) == {"job-001"}
         assert runner("apply", "m.yaml", "--target", "nope", cwd=tmp_path).code == 1
@@ -77,7 +77,7 @@ def test_target_submits_only_the_named_job(tmp_path: Path) -> None:
 def test_budget_guard_refuses_before_sending(tmp_path: Path) -> None:
     """max_submissions below the plan's trainings: exit 1, nothing posted; the flag overrides."""
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 3, api={"max_submissions": 2})
+        write_manifest(tmp_path, n_jobs=3, url=url, api={"max_submissions": 2}, filename="m.yaml")
         refused = runner("apply", "m.yaml", cwd=tmp_path)
         assert refused.code == 1
         assert "max_submissions" in refused.stderr and "nothing was submitted" in refused.stderr
@@ -90,13 +90,13 @@ def test_lost_answer_without_idempotency_is_blocked_until_resubmit(tmp_path: Pat
     """Against an API that ignores keys, a lost POST answer blocks the job until --resubmit-uncertain."""
     state = tmp_path / "sb"
     with sandbox(state, idempotency=False, fault_rate=1.0, fault_kinds=("lost_post",)) as url:
-        write_manifest(tmp_path, url, 1)
+        write_manifest(tmp_path, n_jobs=1, url=url, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 3, result.stderr
         assert lock_doc(tmp_path / "m.lock.yaml")["jobs"]["job-000"]["status"] == "uncertain"
         assert ledger(url)["credits_charged"] == 1  # it did start training
     with sandbox(state, idempotency=False) as url:
-        write_manifest(tmp_path, url, 1)
+        write_manifest(tmp_path, n_jobs=1, url=url, filename="m.yaml")
         assert plan_json(tmp_path / "m.yaml")["summary"]["blocked"] == 1
         blocked = runner("apply", "m.yaml", cwd=tmp_path)
         assert blocked.code == 3
@@ -110,7 +110,7 @@ def test_lost_answer_without_idempotency_is_blocked_until_resubmit(tmp_path: Pat
 def test_lost_answer_with_echoing_api_is_replayed_without_a_second_charge(tmp_path: Path) -> None:
     """With the sandbox's echo, lost POST answers are replayed under their key and charged once."""
     with sandbox(tmp_path / "sb", fault_rate=0.3, fault_kinds=("lost_post",), seed=3) as url:
-        write_manifest(tmp_path, url, 6)
+        write_manifest(tmp_path, n_jobs=6, url=url, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 0, result.stderr
         book = ledger(url)
@@ -124,7 +124,7 @@ def test_second_apply_on_the_same_lockfile_fails_fast(tmp_path: Path) -> None:
     # on a machine loaded by parallel test workers) must end well inside that window, or it
     # would find the first one done and the lock free.
     with sandbox(tmp_path / "sb", train_seconds=10) as url:
-        write_manifest(tmp_path, url, 2)
+        write_manifest(tmp_path, n_jobs=2, url=url, filename="m.yaml")
         env = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
         first = subprocess.Popen([sys.executable, "-m", "runner", "apply", "m.yaml"], cwd=tmp_path, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -144,7 +144,7 @@ def test_second_apply_on_the_same_lockfile_fails_fast(tmp_path: Path) -> None:
 
 def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path) -> None:
     """An http:// endpoint off loopback is refused before anything is sent."""
-    write_manifest(tmp_path, "sandbox", 1)
+    write_manifest(tmp_path, n_jobs=1, url="sandbox", filename="m.yaml")
     result = runner("apply", "m.yaml", "--endpoint", "http://api.example.com", cwd=tmp_path)
     assert result.code == 1
     assert "only allowed to this machine" in result.stderr
@@ -152,7 +152,7 @@ def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path) -> None:
 
 def test_markdown_plan_is_a_table(tmp_path: Path) -> None:
     """plan --format markdown gives a PR-comment table naming each changing job."""
-    write_manifest(tmp_path, "sandbox", 2)
+    write_manifest(tmp_path, n_jobs=2, url="sandbox", filename="m.yaml")
     result = runner("plan", "m.yaml", "--format", "markdown", cwd=tmp_path)
     assert result.code == 0
     assert "| action | job | why |" in result.stdout
@@ -162,14 +162,14 @@ def test_markdown_plan_is_a_table(tmp_path: Path) -> None:
 def test_many_manifests_all_validated_before_anything_is_sent(tmp_path: Path) -> None:
     """apply over a glob: one invalid manifest means exit 1 and no POST; fixed, both apply."""
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 2, name="a.yaml")
-        write_manifest(tmp_path, url, 1, name="b.yaml")
+        write_manifest(tmp_path, n_jobs=2, url=url, filename="a.yaml")
+        write_manifest(tmp_path, n_jobs=1, url=url, filename="b.yaml")
         (tmp_path / "b.yaml").write_text((tmp_path / "b.yaml").read_text().replace("lora_prefix", "lora_prefx"))
         refused = runner("apply", "*.yaml", cwd=tmp_path)
         assert refused.code == 1
         assert "b.yaml" in refused.stderr and "nothing was submitted" in refused.stderr
         assert ledger(url)["posts"] == 0
-        write_manifest(tmp_path, url, 1, name="b.yaml")
+        write_manifest(tmp_path, n_jobs=1, url=url, filename="b.yaml")
         done = runner("apply", "*.yaml", cwd=tmp_path)
         assert done.code == 0, done.stderr
         assert (tmp_path / "a.lock.yaml").exists() and (tmp_path / "b.lock.yaml").exists()
@@ -178,7 +178,7 @@ def test_many_manifests_all_validated_before_anything_is_sent(tmp_path: Path) ->
 
 def test_api_key_that_cannot_be_a_header_is_a_usage_error(tmp_path: Path) -> None:
     """A non-ASCII or multi-line key: exit 1 with a clear message, the key not shown."""
-    write_manifest(tmp_path, "http://127.0.0.1:9", 1)
+    write_manifest(tmp_path, n_jobs=1, url="http://127.0.0.1:9", filename="m.yaml")
     for key in ("sk-Ωmega-123", "sk-line\nbreak"):
         result = runner("apply", "m.yaml", cwd=tmp_path, env={"VIMMERSE_API_KEY": key})
         assert result.code == 1
@@ -190,14 +190,14 @@ def test_api_key_that_cannot_be_a_header_is_a_usage_error(tmp_path: Path) -> Non
 def test_job_timeout_leaves_the_job_training_and_the_next_apply_resumes(tmp_path: Path) -> None:
     """job_timeout ends the wait (exit 3, still training); a later apply follows it to the end."""
     with sandbox(tmp_path / "sb", train_seconds=3) as url:
-        write_manifest(tmp_path, url, 1, api={"job_timeout": "500ms"})
+        write_manifest(tmp_path, n_jobs=1, url=url, api={"job_timeout": "500ms"}, filename="m.yaml")
         started = time.monotonic()
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 3, result.stderr
         assert "job_timeout" in result.stderr
         assert time.monotonic() - started < 15
         assert lock_doc(tmp_path / "m.lock.yaml")["jobs"]["job-000"]["status"] == "training"
-        write_manifest(tmp_path, url, 1, api={"job_timeout": "60s"})
+        write_manifest(tmp_path, n_jobs=1, url=url, api={"job_timeout": "60s"}, filename="m.yaml")
         assert plan_json(tmp_path / "m.yaml")["summary"]["resume"] == 1
         assert runner("apply", "m.yaml", cwd=tmp_path).code == 0
         assert ledger(url)["credits_charged"] == 1
@@ -207,7 +207,7 @@ def test_polls_learn_how_long_a_shape_trains(tmp_path: Path) -> None:
     """After the first training of a shape ends, later ones are first asked about when it had
     ended: about one status request each instead of one every poll_interval."""
     with sandbox(tmp_path / "sb", train_seconds=0.6) as url:
-        write_manifest(tmp_path, url, 5, api={"max_in_flight": 1, "poll_interval": "50ms"})
+        write_manifest(tmp_path, n_jobs=5, url=url, api={"max_in_flight": 1, "poll_interval": "50ms"}, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 0, result.stderr
         checks = ledger(url)["status_checks"]

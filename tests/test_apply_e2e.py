@@ -11,16 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from apply_support import (
-    SECRET,
-    image,
-    ledger,
-    lock_doc,
-    plan_json,
-    runner,
-    sandbox,
-    write_manifest,
-)
+from support.apply import SECRET, ledger, plan_json, runner, sandbox
+from support.images import make_image
+from support.manifests import lock_doc, write_manifest
 
 from runner.state.lockfile import read_lockfile
 
@@ -28,7 +21,7 @@ from runner.state.lockfile import read_lockfile
 def test_twenty_jobs_then_noop_then_replace_create_orphan_prune(tmp_path: Path) -> None:
     """20 jobs apply concurrently; a re-apply is a byte-identical no-op; edits plan as expected."""
     with sandbox(tmp_path / "sb") as url:
-        manifest = write_manifest(tmp_path, url, 20)
+        manifest = write_manifest(tmp_path, n_jobs=20, url=url, filename="m.yaml")
         first = runner("apply", "m.yaml", cwd=tmp_path)
         assert first.code == 0, first.stderr
         lock = tmp_path / "m.lock.yaml"
@@ -45,10 +38,10 @@ def test_twenty_jobs_then_noop_then_replace_create_orphan_prune(tmp_path: Path) 
         assert lock.read_bytes() == before
         assert ledger(url)["posts"] == posts
 
-        image(tmp_path / "data" / "job003" / "img0.png", 999)  # changed content
+        make_image(tmp_path / "data" / "job003" / "img0.png", (16, 16), seed=999)  # changed content
         manifest_doc = lock_doc(manifest)
         manifest_doc["jobs"] = manifest_doc["jobs"][1:]  # job-000 removed
-        image(tmp_path / "data" / "extra" / "a.png", 1234)
+        make_image(tmp_path / "data" / "extra" / "a.png", (16, 16), seed=1234)
         manifest_doc["jobs"].append({"name": "extra", "lora_prefix": "EXTRA", "images": "data/extra"})
         manifest.write_text(json.dumps(manifest_doc))
         plan = plan_json(manifest)
@@ -73,14 +66,14 @@ def test_twenty_jobs_then_noop_then_replace_create_orphan_prune(tmp_path: Path) 
 def test_credit_exhaustion_exits_4_and_later_apply_finishes_the_rest(tmp_path: Path) -> None:
     """With 3 credits for 6 jobs apply exits 4; after a top-up only the rest is submitted."""
     with sandbox(tmp_path / "sb", credits=3) as url:
-        write_manifest(tmp_path, url, 6, api={"max_in_flight": 1, "max_uploads": 1})
+        write_manifest(tmp_path, n_jobs=6, url=url, api={"max_in_flight": 1, "max_uploads": 1}, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 4, result.stderr
         assert "402" in result.stderr
         entries = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
         assert sum(e["status"] == "succeeded" for e in entries.values()) == 3
     with sandbox(tmp_path / "sb", credits=10) as url:  # state survives; balance reset to 10
-        write_manifest(tmp_path, url, 6, api={"max_in_flight": 1, "max_uploads": 1})
+        write_manifest(tmp_path, n_jobs=6, url=url, api={"max_in_flight": 1, "max_uploads": 1}, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 0, result.stderr
         assert ledger(url)["credits_charged"] == 6
@@ -89,7 +82,7 @@ def test_credit_exhaustion_exits_4_and_later_apply_finishes_the_rest(tmp_path: P
 def test_faults_end_with_every_job_succeeded_and_no_double_charge(tmp_path: Path) -> None:
     """Under --fault-rate 0.3 (every kind) all jobs succeed and credits equal jobs."""
     with sandbox(tmp_path / "sb", fault_rate=0.3, fault_delay=0.2, seed=7) as url:
-        write_manifest(tmp_path, url, 12)
+        write_manifest(tmp_path, n_jobs=12, url=url, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path, timeout=240)
         entries = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
         # Lost POST answers are replayed under the same key, because the sandbox echoes it.
@@ -102,7 +95,7 @@ def test_kill_9_never_corrupts_and_reapply_converges(tmp_path: Path) -> None:
     """kill -9 at random moments leaves a readable lockfile; re-apply finishes, no double charge."""
     rng = random.Random(42)
     with sandbox(tmp_path / "sb", train_seconds=0.5) as url:
-        write_manifest(tmp_path, url, 10, api={"max_in_flight": 4, "max_uploads": 2, "requests_per_second": 30})
+        write_manifest(tmp_path, n_jobs=10, url=url, api={"max_in_flight": 4, "max_uploads": 2, "requests_per_second": 30}, filename="m.yaml")
         env = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
         for _ in range(4):
             proc = subprocess.Popen([sys.executable, "-m", "runner", "apply", "m.yaml"], cwd=tmp_path,
@@ -119,7 +112,7 @@ def test_kill_9_never_corrupts_and_reapply_converges(tmp_path: Path) -> None:
 def test_sigint_exits_130_with_a_valid_lockfile_and_resume_converges(tmp_path: Path) -> None:
     """SIGINT mid-run: exit 130, a valid lockfile; the next apply finishes without paying twice."""
     with sandbox(tmp_path / "sb", train_seconds=2) as url:
-        write_manifest(tmp_path, url, 6)
+        write_manifest(tmp_path, n_jobs=6, url=url, filename="m.yaml")
         env = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
         proc = subprocess.Popen([sys.executable, "-m", "runner", "apply", "m.yaml"], cwd=tmp_path,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -143,7 +136,7 @@ def test_sigint_exits_130_with_a_valid_lockfile_and_resume_converges(tmp_path: P
 def test_corrupt_lockfile_is_refused_and_untouched(tmp_path: Path) -> None:
     """A hand-broken lockfile: exit 1, a message naming it, and its bytes unchanged."""
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 1)
+        write_manifest(tmp_path, n_jobs=1, url=url, filename="m.yaml")
         lock = tmp_path / "m.lock.yaml"
         lock.write_text("version: 1\njobs:\n  job-000: {status: maybe}\n")
         before = lock.read_bytes()
@@ -157,7 +150,7 @@ def test_corrupt_lockfile_is_refused_and_untouched(tmp_path: Path) -> None:
 def test_secret_never_printed(tmp_path: Path) -> None:
     """The API key is in no output (verbose, JSON logs), the lockfile or .runner/."""
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 2, extra_jobs=[{"name": "bad", "lora_prefix": "FAILME", "images": "data/job000"}])
+        write_manifest(tmp_path, n_jobs=2, url=url, jobs=[{"name": "bad", "lora_prefix": "FAILME", "images": "data/job000"}], filename="m.yaml")
         outputs = []
         for args in (["apply", "m.yaml", "-v", "--log-format", "json"], ["plan", "m.yaml", "--format", "json"],
                      ["status", "m.yaml", "--format", "json"], ["plan", "m.yaml", "-v"]):

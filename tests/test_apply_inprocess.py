@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import write_manifest
+from support.manifests import write_manifest
 
 from runner.engine.run import run_apply
 from runner.sandbox.app import create_app

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from apply_support import SECRET, ledger, runner, sandbox, write_manifest
+from support.apply import SECRET, ledger, runner, sandbox
+from support.manifests import write_manifest
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
@@ -48,7 +49,7 @@ def submissions(url: str) -> int:
 
 def test_json_logs_every_stderr_line_and_results_on_stdout(tmp_path: Path) -> None:
     with sandbox(tmp_path / "state", train_seconds=1.2) as url:
-        manifest = write_manifest(tmp_path, url, 3)
+        manifest = write_manifest(tmp_path, n_jobs=3, url=url, filename="m.yaml")
         env = {"RUNNER_HEARTBEAT_SECONDS": "0.3"}
         applied = runner("--log-format", "json", "apply", manifest.name, cwd=tmp_path, env=env)
         assert applied.code == 0, applied.stderr
@@ -73,7 +74,7 @@ def test_json_logs_every_stderr_line_and_results_on_stdout(tmp_path: Path) -> No
             assert shown.stdout.strip()
 
         # -v adds each poll's answer, still one JSON object a line.
-        write_manifest(tmp_path, url, 4)
+        write_manifest(tmp_path, n_jobs=4, url=url, filename="m.yaml")
         verbose = runner("--log-format", "json", "-v", "apply", manifest.name, cwd=tmp_path)
         assert verbose.code == 0, verbose.stderr
         polls = [e for e in json_lines(verbose.stderr) if e["event"] == "job.poll"]
@@ -91,7 +92,7 @@ def test_json_logs_every_stderr_line_and_results_on_stdout(tmp_path: Path) -> No
 
 def test_target_noop_is_unchanged_and_prune_is_pruned(tmp_path: Path) -> None:
     with sandbox(tmp_path / "state") as url:
-        manifest = write_manifest(tmp_path, url, 3)
+        manifest = write_manifest(tmp_path, n_jobs=3, url=url, filename="m.yaml")
         assert runner("apply", manifest.name, cwd=tmp_path).code == 0
         targeted = runner("apply", manifest.name, "--target", "job-001", cwd=tmp_path)
         assert targeted.code == 0, targeted.stderr
@@ -128,7 +129,7 @@ def test_ctrl_c_says_what_is_saved_still_training_and_how_to_resume(tmp_path: Pa
         env = {**os.environ, "VIMMERSE_API_KEY": SECRET, "CI": "true"}
         for second in (False, True):
             folder = tmp_path / f"run{int(second)}"
-            manifest = write_manifest(folder, url, 2)
+            manifest = write_manifest(folder, n_jobs=2, url=url, filename="m.yaml")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "runner", "--log-format", "json", "apply", manifest.name],
                 cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -218,7 +219,7 @@ def at_terminal(
 
 def test_terminal_asks_yes_before_paid_trainings(tmp_path: Path) -> None:
     with sandbox(tmp_path / "state") as url:
-        manifest = write_manifest(tmp_path, url, 2)
+        manifest = write_manifest(tmp_path, n_jobs=2, url=url, filename="m.yaml")
         for answer in ("no", "", "y", "YES please"):
             code, screen = at_terminal(["apply", manifest.name], tmp_path, answer)
             assert code == 1, screen
@@ -240,12 +241,12 @@ def test_terminal_asks_yes_before_paid_trainings(tmp_path: Path) -> None:
 
 def test_auto_approve_and_embedded_sandbox_skip_the_question(tmp_path: Path) -> None:
     with sandbox(tmp_path / "state") as url:
-        manifest = write_manifest(tmp_path, url, 1)
+        manifest = write_manifest(tmp_path, n_jobs=1, url=url, filename="m.yaml")
         code, screen = at_terminal(["apply", manifest.name, "--auto-approve"], tmp_path)
         assert code == 0, screen
         assert "Do you want" not in screen and "Apply: 1 succeeded" in screen
     embedded = tmp_path / "emb"
-    manifest = write_manifest(embedded, "sandbox", 1)
+    manifest = write_manifest(embedded, n_jobs=1, url="sandbox", filename="m.yaml")
     code, screen = at_terminal(["apply", manifest.name], embedded)
     assert code == 0, screen
     assert "Do you want" not in screen and "Apply: 1 succeeded" in screen
@@ -262,9 +263,9 @@ def test_terminal_view_shows_a_failure_full_of_markup_as_text(tmp_path: Path, mo
     monkeypatch.setattr(dialects, "_fail_message", lambda asset: MARKUP)
     # Served in this process, so the patch applies; "args" answers a failure with its message.
     with sandbox(tmp_path / "state", dialect="args") as url:
-        manifest = write_manifest(tmp_path, url, 1, extra_jobs=[
+        manifest = write_manifest(tmp_path, n_jobs=1, url=url, jobs=[
             {"name": "bad", "lora_prefix": "FAILS", "images": "data/job000"},
-        ])
+        ], filename="m.yaml")
         code, screen = at_terminal(["apply", manifest.name, "--auto-approve"], tmp_path)
     assert code == 3, screen
     assert "internal error" not in screen and "Traceback" not in screen and "MarkupError" not in screen
@@ -276,7 +277,7 @@ def test_terminal_view_estimates_the_time_left_once_a_shape_has_ended(tmp_path: 
     """Issue 13, item 3: three trainings of one shape, one at a time; after the first ends,
     the live view says about how long is left (and not before: no guessed number)."""
     with sandbox(tmp_path / "state", train_seconds=1.5) as url:
-        manifest = write_manifest(tmp_path, url, 3, api={"max_in_flight": 1})
+        manifest = write_manifest(tmp_path, n_jobs=3, url=url, api={"max_in_flight": 1}, filename="m.yaml")
         code, screen = at_terminal(["apply", manifest.name, "--auto-approve"], tmp_path)
     assert code == 0, screen
     assert "Apply: 3 succeeded" in screen
@@ -292,7 +293,7 @@ def test_terminal_ctrl_c_then_a_resumed_apply(tmp_path: Path) -> None:
     was saved, what still trains and how to resume; the resumed apply shows a row for each
     resumed job and finishes them without a second submission."""
     with sandbox(tmp_path / "state", train_seconds=3.0) as url:
-        manifest = write_manifest(tmp_path, url, 2)
+        manifest = write_manifest(tmp_path, n_jobs=2, url=url, filename="m.yaml")
         code, screen = at_terminal(
             ["apply", manifest.name, "--auto-approve"], tmp_path,
             interrupt_when=r"(?s)job-00[01]\s+create\s+training.*job-00[01]\s+create\s+training",

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import make_bomb_png, make_image, truncate
+from support.images import make_bomb_png, make_image, truncate
 
 from runner.manifest import image_paths, images
 from runner.manifest.read import load_manifest

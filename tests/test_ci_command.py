@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from helpers import REPO_ROOT
+from support.paths import REPO_ROOT
 
 COMMAND = (
     "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO_ROOT
+from support.paths import REPO_ROOT
 
 GITHUB = REPO_ROOT / "examples" / "ci" / "github-actions.yml"
 GITLAB = REPO_ROOT / "examples" / "ci" / "gitlab-ci.yml"
@@ -769,7 +769,8 @@ def test_gitlab_after_script_commits_the_journal_of_a_killed_apply(tmp_path: Pat
     import signal
     import time
 
-    from helpers import dump_yaml, make_image
+    from support.images import make_image
+    from support.manifests import dump_yaml
 
     images = tmp_path / "img"
     make_image(images / "0.png")

@@ -6,7 +6,7 @@ import importlib
 from types import SimpleNamespace
 
 import pytest
-from helpers import log_events
+from support.cli import log_events
 
 from runner import cli, logsetup
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apply_support import SECRET, ledger, runner, sandbox, write_manifest
+from support.apply import SECRET, ledger, runner, sandbox
+from support.manifests import write_manifest
 
 CHECKS = ["endpoint", "key", "name resolution", "connection", "key accepted", "idempotency", "answers"]
 
@@ -40,7 +41,7 @@ def closed_port() -> Iterator[int]:
 def test_embedded_sandbox_passes_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """``runner doctor`` with runner.yaml here (endpoint sandbox): every check ok, exit 0, the
     key never printed, and no sandbox state left beside the manifest."""
-    write_manifest(tmp_path, "sandbox", 1, images_per_job=1, name="runner.yaml")
+    write_manifest(tmp_path, n_jobs=1, url="sandbox", images_per_job=1, filename="runner.yaml")
     result = runner("doctor", cwd=tmp_path)
     assert result.code == 0, result.stdout + result.stderr
     assert SECRET not in result.stdout + result.stderr
@@ -188,7 +189,7 @@ def test_doctor_refuses_a_trust_change_like_apply(tmp_path: Path) -> None:
     """A lockfile made on the sandbox and a manifest now pointing elsewhere: doctor would send
     the key to a new host, so it refuses (exit 1, nothing resolved or sent) until a person
     passes --allow-trust-change."""
-    write_manifest(tmp_path, "sandbox", 1, images_per_job=1)
+    write_manifest(tmp_path, n_jobs=1, url="sandbox", images_per_job=1, filename="m.yaml")
     applied = runner("apply", "m.yaml", cwd=tmp_path, env={"RUNNER_SANDBOX_TRAIN_SECONDS": "0.1"})
     assert applied.code == 0, applied.stderr
     env = {"RUNNER_ENDPOINT": "https://runner-test.invalid"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import write_manifest
+from support.manifests import write_manifest
 
 from runner.api.endpoint import accepts, api_identity, inferred_api, target_identity, with_api
 from runner.cli import main

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import make_image
+from support.images import make_image
 
 from runner.state.fingerprint import SMALL_FILE, DigestCache, digest_files, hash_file
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from apply_support import SECRET, ledger, lock_doc, runner, sandbox, write_manifest
-from helpers import read_body
+from support.apply import SECRET, ledger, runner, sandbox
+from support.asgi import read_body
+from support.manifests import lock_doc, write_manifest
 
 from runner.sandbox.config import SandboxConfig
 
@@ -35,7 +36,7 @@ def _issued(url: str, word: str) -> bool:
 def test_every_readable_dialect_ends_with_the_issued_trigger_words(tmp_path: Path, dialect: str) -> None:
     """envelope, args, bare: 10 jobs succeed, each with the trigger word the sandbox issued."""
     with sandbox(tmp_path / "sb", dialect=dialect) as url:
-        write_manifest(tmp_path, url, JOBS, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=JOBS, url=url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 0, result.stderr
         jobs = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
@@ -53,7 +54,7 @@ def test_every_readable_dialect_ends_with_the_issued_trigger_words(tmp_path: Pat
 def test_opaque_answers_are_kept_charged_once_and_never_resubmitted(tmp_path: Path) -> None:
     """opaque: exit 3, every job uncertain with its answer kept; a second apply sends no POST."""
     with sandbox(tmp_path / "sb", dialect="opaque") as url:
-        write_manifest(tmp_path, url, JOBS, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=JOBS, url=url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 3, result.stderr
         jobs = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
@@ -75,7 +76,7 @@ def test_gateway_timeouts_never_pay_twice_without_idempotency(tmp_path: Path) ->
     """504 after the training started, API without keys: affected jobs blocked, no duplicates."""
     with sandbox(tmp_path / "sb", fault_kinds=("gateway_timeout",), fault_rate=0.5,
                  idempotency=False, seed=7) as url:
-        write_manifest(tmp_path, url, JOBS, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=JOBS, url=url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         jobs = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
         blocked = [n for n, e in jobs.items() if e["status"] == "uncertain"]
@@ -94,7 +95,7 @@ def test_gateway_timeouts_never_pay_twice_without_idempotency(tmp_path: Path) ->
 def test_gateway_timeouts_are_replayed_safely_where_keys_are_echoed(tmp_path: Path) -> None:
     """Same faults, API that echoes Idempotency-Key: every job succeeds, each charged once."""
     with sandbox(tmp_path / "sb", fault_kinds=("gateway_timeout",), fault_rate=0.5, seed=7) as url:
-        write_manifest(tmp_path, url, JOBS, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=JOBS, url=url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 0, result.stderr
         jobs = lock_doc(tmp_path / "m.lock.yaml")["jobs"]
@@ -161,7 +162,7 @@ def test_a_status_that_never_becomes_readable_stops_after_5_polls(
     """Unreadable status: exit 3 within 5 polls, trigger word and training state kept;
     the next apply polls again and never POSTs."""
     with odd_api(tmp_path, lambda n: answer) as (url, api):
-        write_manifest(tmp_path, url, 1, images_per_job=1, api={"poll_interval": "100ms", "job_timeout": "1h"})
+        write_manifest(tmp_path, n_jobs=1, url=url, images_per_job=1, api={"poll_interval": "100ms", "job_timeout": "1h"}, filename="m.yaml")
         started = time.monotonic()
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 3, result.stderr
@@ -186,7 +187,7 @@ def test_a_status_that_becomes_readable_is_followed_to_the_end(tmp_path: Path) -
         return 200, b'{"data": [{"URL": "https://cdn.example/out.png"}]}'
 
     with odd_api(tmp_path, answer) as (url, _api):
-        write_manifest(tmp_path, url, 1, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=1, url=url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 0, result.stderr
         entry = lock_doc(tmp_path / "m.lock.yaml")["jobs"]["job-000"]
@@ -201,7 +202,7 @@ def test_an_unreachable_endpoint_fails_fast_naming_the_host(tmp_path: Path) -> N
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        write_manifest(tmp_path, f"http://127.0.0.1:{port}", 20, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=20, url=f"http://127.0.0.1:{port}", images_per_job=1, filename="m.yaml")
         started = time.monotonic()
         result = runner("apply", "m.yaml", cwd=tmp_path)
         took = time.monotonic() - started

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 import pytest
-from helpers import run_runner, write_manifest
+from support.cli import run_runner
+from support.manifests import write_manifest
 
 from runner.cli_args import build_parser
 
@@ -47,7 +48,7 @@ def test_every_action_has_help_and_the_command_an_example(name: str, parser: arg
 
 def test_top_level_help_has_examples() -> None:
     result = run_runner("--help")
-    assert result.returncode == 0
+    assert result.code == 0
     assert "examples:\n  runner init" in result.stdout and "runner.yaml" in result.stdout
 
 
@@ -55,7 +56,7 @@ def test_top_level_help_has_examples() -> None:
 def test_manifest_defaults_to_runner_yaml(tmp_path: Path, verb: str) -> None:
     write_manifest(tmp_path, filename="runner.yaml")
     result = run_runner(verb, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.code == 0, result.stdout + result.stderr
     assert "runner.yaml" in result.stdout or "demo" in result.stdout
 
 
@@ -63,7 +64,7 @@ def test_manifest_defaults_to_runner_yaml(tmp_path: Path, verb: str) -> None:
 def test_missing_runner_yaml_is_a_clear_error(tmp_path: Path, verb: str) -> None:
     args = [verb, "-o", "r.html"] if verb == "report" else [verb]
     result = run_runner(*args, cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.code == 1
     assert "no MANIFEST named and no runner.yaml in" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from helpers import make_image, run_runner
+from support.cli import run_runner
+from support.images import make_image
 
 from runner.commands.init import job_name, lora_prefix
 
@@ -26,7 +27,7 @@ def test_one_job_per_subfolder_with_kontext_pairs_and_unique_names(tmp_path: Pat
     """A collection folder gives one job per image sub-folder; start/+end/ becomes Kontext."""
     _tree(tmp_path)
     result = run_runner("init", "data", "-o", "runner.yaml", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     doc = yaml.safe_load((tmp_path / "runner.yaml").read_text())
     jobs = {j["name"]: j for j in doc["jobs"]}
     assert sorted(jobs) == ["cars", "red-sneaker", "red_sneaker"]
@@ -39,13 +40,13 @@ def test_one_job_per_subfolder_with_kontext_pairs_and_unique_names(tmp_path: Pat
     # The placeholder prompt fails validate, naming its place, until it is edited.
     assert cars["prompt"].startswith("TODO:")
     check = run_runner("validate", "runner.yaml", cwd=tmp_path)
-    assert check.returncode == 1
+    assert check.code == 1
     line = next(n for n, text in enumerate((tmp_path / "runner.yaml").read_text().splitlines(), 1) if "prompt:" in text)
     assert f"runner.yaml:{line}:13: jobs[1].prompt: placeholder prompt from runner init" in check.stdout
     edited = (tmp_path / "runner.yaml").read_text().replace(cars["prompt"], "turn the car red")
     (tmp_path / "runner.yaml").write_text(edited)
     check = run_runner("validate", "runner.yaml", cwd=tmp_path)
-    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.code == 0, check.stdout + check.stderr
 
 
 def test_init_says_what_each_job_skips(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_init_says_what_each_job_skips(tmp_path: Path) -> None:
     make_image(tmp_path / "data" / "edit" / "end" / "one.png")
     (tmp_path / "data" / "edit" / "end" / "list.csv").write_text("x")
     result = run_runner("init", "data", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert "note: style: skipped data/style/more/ (sub-folders are not read), data/style/notes.txt (not an image)\n" in result.stderr
     assert "note: edit: skipped data/edit/end/list.csv (not an image)\n" in result.stderr
     assert "mug: skipped" not in result.stderr and ".DS_Store" not in result.stderr
@@ -69,7 +70,7 @@ def test_a_folder_of_images_is_one_job(tmp_path: Path) -> None:
     """Naming image folders directly gives one job each, in the order given, repeats dropped."""
     _tree(tmp_path)
     result = run_runner("init", "data/cars", "data/Red Sneaker", "data/cars", "-o", "m.yaml", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     names = [j["name"] for j in yaml.safe_load((tmp_path / "m.yaml").read_text())["jobs"]]
     assert names == ["cars", "red-sneaker"]
 
@@ -80,10 +81,10 @@ def test_never_overwrites_without_force(tmp_path: Path) -> None:
     target = tmp_path / "runner.yaml"
     target.write_text("reviewed: true\n")
     refused = run_runner("init", "data", cwd=tmp_path)
-    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert refused.code == 1 and "--force" in refused.stderr
     assert target.read_text() == "reviewed: true\n"
     forced = run_runner("init", "data", "--force", cwd=tmp_path)
-    assert forced.returncode == 0, forced.stderr
+    assert forced.code == 0, forced.stderr
     assert yaml.safe_load(target.read_text())["version"] == 1
 
 
@@ -91,10 +92,10 @@ def test_folder_without_images_or_outside_the_manifest_folder_is_refused(tmp_pat
     """No images anywhere, or images outside the manifest's folder, exit 1 and write nothing."""
     _tree(tmp_path)
     empty = run_runner("init", "data/notes", cwd=tmp_path)
-    assert empty.returncode == 1 and "no images" in empty.stderr
+    assert empty.code == 1 and "no images" in empty.stderr
     (tmp_path / "sub").mkdir()
     outside = run_runner("init", "data/cars", "-o", "sub/m.yaml", cwd=tmp_path)
-    assert outside.returncode == 1 and "outside" in outside.stderr
+    assert outside.code == 1 and "outside" in outside.stderr
     assert not (tmp_path / "runner.yaml").exists() and not (tmp_path / "sub" / "m.yaml").exists()
 
 
@@ -104,7 +105,7 @@ def test_unmatched_kontext_pairs_fail_validation_and_write_nothing(tmp_path: Pat
     make_image(tmp_path / "edit" / "start" / "two.png")
     make_image(tmp_path / "edit" / "end" / "one.png")
     result = run_runner("init", "edit", "-o", "m.yaml", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.code == 1
     assert "m.yaml (not written)" in result.stderr and "two" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edit"]
 

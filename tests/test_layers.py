@@ -13,7 +13,7 @@ import ast
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import REPO_ROOT
+from support.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "runner"
 LAYERS = {  # higher number: higher layer

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from helpers import make_image, run_runner
+from support.cli import run_runner
+from support.images import make_image
 
 from runner.manifest import lfs
 
@@ -29,7 +30,7 @@ def test_validate_names_an_lfs_pointer_at_file_line_col(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     result = run_runner("validate", "m.yaml", cwd=tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.code == 1, result.stdout + result.stderr
     assert (
         "m.yaml:4:13: jobs[0].images: a Git LFS pointer, not an image: fetch LFS files "
         "(`git lfs pull`, or `lfs: true` on actions/checkout): images/b.png"

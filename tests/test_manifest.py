@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import make_image, write_manifest
 from structlog.testing import capture_logs
+from support.images import make_image
+from support.manifests import write_manifest
 
 from runner.errors import InputError
 from runner.manifest.read import expand_string, load_manifest, load_or_raise

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_runner, write_manifest
+from support.cli import run_runner
+from support.manifests import write_manifest
 
 from runner.errors import UsageError
 from runner.manifest.many import expand_manifests, worst
@@ -40,7 +41,7 @@ def test_plan_many_manifests_one_summary_and_worst_code(tmp_path: Path) -> None:
     """Each manifest is planned against its own lockfile; totals close the text; exit 2 for changes."""
     a, b = _catalog(tmp_path)
     result = run_runner("plan", str(tmp_path / "*" / "*.yaml"), "--detailed-exitcode")
-    assert result.returncode == 2, result.stderr
+    assert result.code == 2, result.stderr
     assert f"{a}:" in result.stdout and f"{b}:" in result.stdout
     assert result.stdout.rstrip().splitlines()[-1].startswith("Total over 2 manifests: 3 create")
 
@@ -59,11 +60,11 @@ def test_one_broken_manifest_does_not_hide_the_others(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\njobs:\n  - name: x\n    option: Nope\n    images: none\n")
     result = run_runner("plan", str(bad), str(a), "--detailed-exitcode")
-    assert result.returncode == 1
+    assert result.code == 1
     assert f"{a}:" in result.stdout and "not planned" in result.stdout
     assert "bad.yaml" in result.stderr
     md = run_runner("plan", str(bad), str(a), "--format", "markdown")
-    assert md.returncode == 1 and "could not be planned" in md.stdout
+    assert md.code == 1 and "could not be planned" in md.stdout
 
 
 def test_lockfile_flag_is_refused_with_many_manifests(tmp_path: Path) -> None:
@@ -71,14 +72,14 @@ def test_lockfile_flag_is_refused_with_many_manifests(tmp_path: Path) -> None:
     a, b = _catalog(tmp_path)
     for verb in ("plan", "status"):
         result = run_runner(verb, str(a), str(b), "--lockfile", str(tmp_path / "x.lock.yaml"))
-        assert result.returncode == 1 and "--lockfile" in result.stderr
+        assert result.code == 1 and "--lockfile" in result.stderr
 
 
 def test_validate_accepts_globs(tmp_path: Path) -> None:
     """validate expands a quoted glob itself and reports each manifest."""
     a, b = _catalog(tmp_path)
     result = run_runner("validate", str(tmp_path / "*" / "*.yaml"))
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.code == 0, result.stdout + result.stderr
     assert f"{a}: valid" in result.stdout and f"{b}: valid" in result.stdout
 
 
@@ -86,7 +87,7 @@ def test_status_many_manifests_plain_when_piped(tmp_path: Path) -> None:
     """Piped status prints plain columns per manifest and one total line; JSON wraps each manifest."""
     a, b = _catalog(tmp_path)
     result = run_runner("status", str(a), str(b))
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert "\x1b[" not in result.stdout and "┃" not in result.stdout
     assert result.stdout.count("JOB  ") == 2
     assert result.stdout.rstrip().endswith("Total over 2 manifests: 3 absent.")
@@ -101,7 +102,7 @@ def test_status_is_a_rich_table_on_a_terminal(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from helpers import REPO_ROOT
+    from support.paths import REPO_ROOT
 
     a, _b = _catalog(tmp_path)
     leader, follower = pty.openpty()

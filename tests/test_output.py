@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import run_runner
+from support.cli import run_runner
 
 from runner.commands.output import env_name, render
 from runner.errors import UsageError
@@ -34,7 +34,7 @@ def test_one_name_prints_the_word_alone(tmp_path: Path) -> None:
     """`runner output m.yaml NAME` prints just the trigger word, for $(...) in scripts."""
     _lock(tmp_path)
     result = run_runner("output", "m.yaml", "red-sneaker", cwd=tmp_path)
-    assert (result.returncode, result.stdout) == (0, "SNKR_k2x9\n")
+    assert (result.code, result.stdout) == (0, "SNKR_k2x9\n")
 
 
 def test_unfinished_or_unknown_job_is_an_error_not_an_empty_word(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_unfinished_or_unknown_job_is_an_error_not_an_empty_word(tmp_path: Path)
     _lock(tmp_path)
     for name, words in (("broken", "failed"), ("queued", "training"), ("nope", "no job")):
         result = run_runner("output", "m.yaml", name, cwd=tmp_path)
-        assert result.returncode == 1 and result.stdout == ""
+        assert result.code == 1 and result.stdout == ""
         assert words in result.stderr
 
 
@@ -63,14 +63,14 @@ def test_journal_left_by_a_crash_is_replayed(tmp_path: Path) -> None:
     entry = LockEntry("sha256:" + "d" * 64, "succeeded", "id4", "Q_111").to_dict()
     (tmp_path / "m.lock.journal").write_text(json.dumps({"job": "queued", "entry": entry}) + "\n")
     result = run_runner("output", "m.yaml", "queued", cwd=tmp_path)
-    assert (result.returncode, result.stdout) == (0, "Q_111\n")
+    assert (result.code, result.stdout) == (0, "Q_111\n")
 
 
 def test_no_lockfile_yet_says_to_apply(tmp_path: Path) -> None:
     """Before the first apply there is nothing to output: exit 1 and a hint."""
     (tmp_path / "m.yaml").write_text("version: 1\n")
     result = run_runner("output", "m.yaml", cwd=tmp_path)
-    assert result.returncode == 1 and "runner apply" in result.stderr
+    assert result.code == 1 and "runner apply" in result.stderr
 
 
 def test_env_names_that_collide_are_refused() -> None:

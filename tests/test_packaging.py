@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT
+from support.paths import REPO_ROOT
 
 import runner
 

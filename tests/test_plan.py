@@ -259,7 +259,7 @@ def _plan_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> bytes:
     import subprocess
     import sys
 
-    from helpers import REPO_ROOT
+    from support.paths import REPO_ROOT
 
     main, child = os.openpty()
     try:
@@ -290,7 +290,8 @@ def test_plan_is_coloured_on_a_terminal_only(tmp_path: Path) -> None:
     """Colour on a terminal; none with NO_COLOR, none when piped."""
     import os
 
-    from helpers import run_runner, write_manifest
+    from support.cli import run_runner
+    from support.manifests import write_manifest
 
     write_manifest(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
@@ -298,4 +299,4 @@ def test_plan_is_coloured_on_a_terminal_only(tmp_path: Path) -> None:
     assert b"    \x1b[32m  +\x1b[0m demo" in coloured and b"\x1b[1mPlan: 1 create" in coloured
     assert b"\x1b" not in _plan_on_a_terminal(tmp_path, {**env, "TERM": "xterm", "NO_COLOR": "1"})
     piped = run_runner("plan", "manifest.yaml", cwd=tmp_path, env={**env, "TERM": "xterm"})
-    assert piped.returncode == 0 and "+ demo" in piped.stdout and "\x1b" not in piped.stdout
+    assert piped.code == 0 and "+ demo" in piped.stdout and "\x1b" not in piped.stdout

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from apply_support import runner, write_manifest
 from jsonschema import Draft202012Validator
+from support.apply import runner
+from support.manifests import write_manifest
 
 from runner.shipped_schemas import load_schema
 
 
 def test_single_and_catalog_plans_match_the_schema(tmp_path: Path) -> None:
     """Both the one-manifest plan and the many-manifest wrapper are valid plan documents."""
-    write_manifest(tmp_path, "sandbox", 2, name="a.yaml")
-    write_manifest(tmp_path, "sandbox", 1, name="b.yaml")
+    write_manifest(tmp_path, n_jobs=2, url="sandbox", filename="a.yaml")
+    write_manifest(tmp_path, n_jobs=1, url="sandbox", filename="b.yaml")
     validator = Draft202012Validator(load_schema("plan"))
     one = json.loads(runner("plan", "a.yaml", "--format", "json", cwd=tmp_path).stdout)
     many = json.loads(runner("plan", "a.yaml", "b.yaml", "--format", "json", cwd=tmp_path).stdout)

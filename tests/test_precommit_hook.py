@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO_ROOT, make_image
+from support.images import make_image
+from support.paths import REPO_ROOT
 
 HOOKS = REPO_ROOT / ".pre-commit-hooks.yaml"
 BIN = Path(sys.executable).parent

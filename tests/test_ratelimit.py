@@ -5,26 +5,14 @@ from __future__ import annotations
 import itertools
 
 import anyio
+from support.clock import FakeClock
 
 from runner.api.ratelimit import TokenBucket
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def test_rate_and_burst_are_exact() -> None:
     """With rate 20/s and burst 4, 4 go at once and the rest leave 50 ms apart."""
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     bucket = TokenBucket(20, 4, clock=clock, sleep=clock.sleep)
     times: list[float] = []
 
@@ -43,7 +31,7 @@ def test_rate_and_burst_are_exact() -> None:
 
 def test_pause_holds_every_request() -> None:
     """A Retry-After pause delays the next acquire even with tokens to spare."""
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     bucket = TokenBucket(100, 10, clock=clock, sleep=clock.sleep)
 
     async def main() -> None:
@@ -57,7 +45,7 @@ def test_pause_holds_every_request() -> None:
 
 def test_unlimited_never_sleeps() -> None:
     """rate None means no client-side limit."""
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     bucket = TokenBucket(None, 1, clock=clock, sleep=clock.sleep)
 
     async def main() -> None:

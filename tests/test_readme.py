@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, run_runner
+from support.cli import run_runner
+from support.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import gen_manifest_reference
@@ -121,7 +122,7 @@ def test_five_minute_walkthrough_runs_as_written(tmp_path: Path) -> None:
                 shutil.copytree(source, tmp_path / argv[3] / source.name)
             continue
         result = run_runner(*argv[1:], cwd=tmp_path, env=env, timeout=120)
-        assert result.returncode == 0, f"{step}\n{result.stdout}\n{result.stderr}"
+        assert result.code == 0, f"{step}\n{result.stdout}\n{result.stderr}"
         if argv[1] == "init":
             manifest = tmp_path / argv[argv.index("-o") + 1]
             text = manifest.read_text(encoding="utf-8")
@@ -153,4 +154,4 @@ def test_documented_runner_commands_parse(doc: str) -> None:
                     raise AssertionError(f"{doc}: does not parse: {command}") from exc
                 checked += 1
     assert checked > 0
-    assert run_runner("--version").returncode == 0
+    assert run_runner("--version").code == 0

@@ -28,7 +28,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import make_image, run_runner, write_manifest
+from support.cli import run_runner
+from support.images import make_image
+from support.manifests import write_manifest
 
 from runner.views.report.cards import Card, Sample, Section, cards_for
 from runner.views.report.fetch import Fetcher, TooLarge, embed, load_sample
@@ -365,7 +367,7 @@ def test_sandbox_pattern_cannot_escape_the_state_folder(tmp_path: Path) -> None:
 def test_a_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
     """The header says more than MAX_PIXELS: refused as too large, no pixel decoded (the
     file holds 64 bytes of pixel data, so decoding would fail differently)."""
-    from helpers import make_bomb_png
+    from support.images import make_bomb_png
 
     data = make_bomb_png(tmp_path / "bomb.png", 13_000, 13_000).read_bytes()
     with pytest.raises(TooLarge, match=r"too large \(13000x13000 pixels"):
@@ -406,7 +408,7 @@ def test_report_cli_writes_an_atomic_shareable_file(tmp_path: Path) -> None:
     """runner report with no lockfile yet shows every job as not applied and exits 0."""
     manifest = write_manifest(tmp_path, jobs=[{"name": "a", "lora_prefix": "A"}])
     result = run_runner("report", str(manifest), "-o", str(tmp_path / "out" / "r.html"))
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     page = (tmp_path / "out" / "r.html").read_text(encoding="utf-8")
     assert 'data-job="a"' in page and "not applied yet" in page
     assert oct((tmp_path / "out" / "r.html").stat().st_mode & 0o044) != "0o0"
@@ -415,7 +417,7 @@ def test_report_cli_writes_an_atomic_shareable_file(tmp_path: Path) -> None:
 def test_report_of_a_missing_manifest_exits_1(tmp_path: Path) -> None:
     """A manifest that does not exist is an input error (exit 1) and no report is written."""
     result = run_runner("report", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "r.html"))
-    assert result.returncode == 1
+    assert result.code == 1
     assert not (tmp_path / "r.html").exists()
 
 
@@ -523,7 +525,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env.pop("RUNNER_ENDPOINT", None)
     targets = ["--target", "sneaker", "--target", "mug", "--target", "broken", "--target", "car-red"]
     result = run_runner("-q", "apply", str(manifest), *targets, env=env, timeout=120)
-    assert result.returncode == 3, result.stderr  # the FAIL job failed
+    assert result.code == 3, result.stderr  # the FAIL job failed
     lock_path = tmp / "manifest.lock.yaml"
     lock = yaml.safe_load(lock_path.read_text(encoding="utf-8"))
     jobs = lock["jobs"]
@@ -535,7 +537,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp / "site" / "report.html"
     started = time.monotonic()
     result = run_runner("report", str(manifest), "-o", str(out), env=env)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     assert time.monotonic() - started < 20
     return {"dir": tmp, "report": out, "jobs": jobs}
 

@@ -18,7 +18,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from apply_support import SECRET, image, ledger, lock_doc, runner, sandbox, write_manifest
+from support.apply import SECRET, ledger, runner, sandbox
+from support.images import make_image
+from support.manifests import lock_doc, write_manifest
 
 from runner import logsetup
 from runner.api.client import ApiClient, RetryPolicy
@@ -47,7 +49,7 @@ def with_client(tmp_path: Path, handler: Callable[[httpx.Request], httpx.Respons
 def test_each_exchange_is_one_line_with_form_files_and_no_key(tmp_path: Path) -> None:
     """reach, probe and a job POST: three lines; the form's text fields, file parts as name,
     size and sha256; no X-Api-Key, no key anywhere, no file bytes."""
-    images = [image(tmp_path / "imgs" / f"{i}.png", i) for i in range(2)]
+    images = [make_image(tmp_path / "imgs" / f"{i}.png", (16, 16), seed=i) for i in range(2)]
     job = Job(name="a", lora_prefix="SNKR", images=tuple(images), webhook_url="https://hooks.test/x")
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -234,14 +236,14 @@ def test_a_traced_apply_holds_every_request_and_answer_and_never_the_key(tmp_pat
     """``apply --trace-http`` of file jobs, a URL-only job and a Kontext pair against a real
     sandbox: one line per request the sandbox counted (posts, status checks, the reach GET
     among them), every answer, file parts as name/size/sha256, the key nowhere."""
-    pair = [image(tmp_path / "pairs" / "car.png", 7), image(tmp_path / "pairs" / "car_red.png", 8)]
+    pair = [make_image(tmp_path / "pairs" / "car.png", (16, 16), seed=7), make_image(tmp_path / "pairs" / "car_red.png", (16, 16), seed=8)]
     extra = [
         {"name": "from-urls", "lora_prefix": "URL", "image_urls": ["https://example.com/a.jpg", "https://example.com/b.jpg"]},
         {"name": "kontext", "lora_prefix": "KTX", "option": KONTEXT, "prompt": "make it red",
          "pairs": [{"start": "pairs/car.png", "end": "pairs/car_red.png"}]},
     ]
     with sandbox(tmp_path / "sb") as url:
-        write_manifest(tmp_path, url, 2, extra_jobs=extra)
+        write_manifest(tmp_path, n_jobs=2, url=url, jobs=extra, filename="m.yaml")
         result = runner("apply", "m.yaml", "--trace-http", "trace.jsonl", cwd=tmp_path)
         assert result.code == 0, result.stderr
         counts = ledger(url)
@@ -282,7 +284,7 @@ def test_a_traced_apply_holds_every_request_and_answer_and_never_the_key(tmp_pat
 
 def test_runner_trace_http_in_the_environment_traces_too(tmp_path: Path) -> None:
     """``RUNNER_TRACE_HTTP`` does what the flag does (here with the embedded sandbox)."""
-    write_manifest(tmp_path, "sandbox", 1, images_per_job=1)
+    write_manifest(tmp_path, n_jobs=1, url="sandbox", images_per_job=1, filename="m.yaml")
     result = runner("apply", "m.yaml", cwd=tmp_path,
                     env={"RUNNER_TRACE_HTTP": str(tmp_path / "env.jsonl"), "RUNNER_SANDBOX_TRAIN_SECONDS": "0.2"})
     assert result.code == 0, result.stderr

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apply_support import SECRET, ledger, lock_doc, runner
-from helpers import REPO_ROOT, make_image
+from support.apply import SECRET, ledger, runner
+from support.images import make_image
+from support.manifests import lock_doc
+from support.paths import REPO_ROOT
 
 N_PHOTOS = 40
 PHOTO_SIZE = (1480, 1110)  # 40 of them as noisy JPEGs: about 30 MB, over a 20 MB limit

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import DATA, make_bomb_png, make_image, run_runner, truncate, write_manifest
+from support.cli import run_runner
+from support.images import make_bomb_png, make_image, truncate
+from support.manifests import write_manifest
+from support.paths import DATA
 
 # (file under tests/data, the "line:col: key.path: message" it must print)
 DATA_CASES = [
@@ -31,7 +34,7 @@ def test_bad_data_files(name: str, expected: str) -> None:
     """Each bad manifest under tests/data exits 1 naming file, line, column and key path."""
     env = {k: v for k, v in os.environ.items() if k != "RUNNER_TEST_SURELY_UNSET_VAR"}
     result = run_runner("validate", f"data/{name}", cwd=DATA.parent, env=env)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.code == 1, result.stdout + result.stderr
     assert f"data/{name}:{expected}" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -120,7 +123,7 @@ def test_bad_inputs_on_disk(tmp_path: Path, make: Callable[[Path], str]) -> None
     """Bad files on disk exit 1 with the manifest's line:col, key path and the file as written."""
     expected = make(tmp_path)
     result = run_runner("validate", "m.yaml", cwd=tmp_path, timeout=30)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.code == 1, result.stdout + result.stderr
     assert expected in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -132,14 +135,14 @@ def test_unreadable_image(tmp_path: Path) -> None:
     image.chmod(0)
     _manifest_with(tmp_path, "a.png")
     result = run_runner("validate", "m.yaml", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.code == 1
     assert "m.yaml:4:13: jobs[0].images: permission denied: a.png" in result.stdout
 
 
 def test_quickstart_is_valid(repo_root: Path) -> None:
     """The README's first command exits 0."""
     result = run_runner("validate", "examples/quickstart.yaml", cwd=repo_root)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.code == 0, result.stdout + result.stderr
     assert "examples/quickstart.yaml: valid (5 jobs" in result.stdout
 
 
@@ -149,7 +152,7 @@ def test_json_format_and_worst_exit(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\njobs: []\n")
     result = run_runner("validate", "--format", "json", "good.yaml", "bad.yaml", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.code == 1
     doc = json.loads(result.stdout)
     assert doc["version"] == 1 and doc["valid"] is False
     first, second = doc["manifests"]
@@ -170,10 +173,10 @@ def test_warning_exit_zero_strict_exit_one(tmp_path: Path) -> None:
         jobs=[{"name": "k", "option": "FluxKontextFinetune", "finetune_type": "Style", "prompt": "p", "pairs": [{"start": "s.png", "end": "e.png"}]}],
     )
     relaxed = run_runner("validate", "manifest.yaml", cwd=tmp_path)
-    assert relaxed.returncode == 0
+    assert relaxed.code == 0
     assert "warning: jobs[0].finetune_type" in relaxed.stdout
     strict = run_runner("validate", "--strict", "--format", "json", "manifest.yaml", cwd=tmp_path)
-    assert strict.returncode == 1
+    assert strict.code == 1
     assert json.loads(strict.stdout)["diagnostics"][0]["severity"] == "error"
 
 
@@ -191,8 +194,8 @@ def test_all_errors_sorted(tmp_path: Path) -> None:
 def test_missing_manifest_and_usage(tmp_path: Path) -> None:
     """A missing manifest exits 1 with its name; no argument at all is a usage error, exit 1."""
     result = run_runner("validate", "nope.yaml", cwd=tmp_path)
-    assert result.returncode == 1 and "nope.yaml: file not found" in result.stdout
-    assert run_runner("validate", cwd=tmp_path).returncode == 1
+    assert result.code == 1 and "nope.yaml: file not found" in result.stdout
+    assert run_runner("validate", cwd=tmp_path).code == 1
 
 
 def test_shared_lora_prefix_warns_and_fails_strict(tmp_path: Path) -> None:
@@ -207,11 +210,11 @@ def test_shared_lora_prefix_warns_and_fails_strict(tmp_path: Path) -> None:
         "  - name: c\n    lora_prefix: OTHER\n    images: c.png\n"
     )
     relaxed = run_runner("validate", "m.yaml", cwd=tmp_path)
-    assert relaxed.returncode == 0, relaxed.stdout
+    assert relaxed.code == 0, relaxed.stdout
     assert "m.yaml:8:18: warning: jobs[1].lora_prefix: lora_prefix 'STYLE' is also job 'a''s (line 5)" in relaxed.stdout
     assert "valid (3 jobs, 3 images, 1 warning)" in relaxed.stdout
     strict = run_runner("validate", "--strict", "m.yaml", cwd=tmp_path)
-    assert strict.returncode == 1
+    assert strict.code == 1
     (tmp_path / "m.yaml").write_text(
         "version: 1\ndefaults:\n  lora_prefix: STYLE\njobs:\n"
         "  - name: a\n    lora_prefix: STYLE\n    images: a.png\n"
@@ -231,7 +234,7 @@ def test_init_placeholder_prompt_fails_until_edited(tmp_path: Path) -> None:
     )
     (tmp_path / "m.yaml").write_text(text)
     result = run_runner("validate", "m.yaml", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.code == 1
     assert "m.yaml:6:13: jobs[0].prompt: placeholder prompt from runner init" in result.stdout
     (tmp_path / "m.yaml").write_text(text.replace("TODO: describe the edit", "turn it red"))
-    assert run_runner("validate", "m.yaml", cwd=tmp_path).returncode == 0
+    assert run_runner("validate", "m.yaml", cwd=tmp_path).code == 0

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import dump_yaml, make_image, run_runner, write_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import run_runner
+from support.images import make_image
+from support.manifests import dump_yaml, write_manifest
 
 from runner.cli import main
 
@@ -185,6 +187,6 @@ def test_garbage_through_subprocess(tmp_path: Path, content: bytes) -> None:
     """Garbage files through the real entry point exit 1 with a positioned message."""
     (tmp_path / "g.yaml").write_bytes(content)
     result = run_runner("validate", "g.yaml", cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.code == 1
     assert result.stdout.startswith("g.yaml:")
     assert "Traceback" not in result.stdout + result.stderr

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import yaml
-from apply_support import SECRET, ledger, runner, sandbox, write_manifest
 from figures import record
+from support.apply import SECRET, ledger, runner, sandbox
+from support.manifests import write_manifest
 
 from runner.state.files import journal_path
 from runner.state.lockfile import read_lockfile
@@ -55,8 +56,8 @@ def test_kill_9_loop_converges_without_double_charges(tmp_path: Path, long_run: 
     jobs = 12
     rng = random.Random(20261124)
     with sandbox(tmp_path / "sb", train_seconds=1.5) as url:
-        manifest = write_manifest(tmp_path, url, jobs, api={"max_in_flight": 4, "max_uploads": 2,
-                                                            "requests_per_second": 40})
+        manifest = write_manifest(tmp_path, n_jobs=jobs, url=url, api={"max_in_flight": 4, "max_uploads": 2,
+                                                            "requests_per_second": 40}, filename="m.yaml")
         journals_left = 0
         mid_run = 0
         for round_no in range(kills):
@@ -86,7 +87,7 @@ def test_sigint_and_sigterm_save_and_exit_130(tmp_path: Path, long_run: bool) ->
     rng = random.Random(7)
     codes: list[int] = []
     with sandbox(tmp_path / "sb", train_seconds=1.5) as url:
-        manifest = write_manifest(tmp_path, url, jobs, api={"max_in_flight": 3, "max_uploads": 2})
+        manifest = write_manifest(tmp_path, n_jobs=jobs, url=url, api={"max_in_flight": 3, "max_uploads": 2}, filename="m.yaml")
         for i in range(rounds * 2):
             rotate_work(manifest, rng, i, count=3)
             sig = signal.SIGINT if i % 2 == 0 else signal.SIGTERM
@@ -118,7 +119,7 @@ def test_sigint_and_sigterm_save_and_exit_130(tmp_path: Path, long_run: bool) ->
 def test_concurrent_applies_exactly_one_proceeds(tmp_path: Path) -> None:
     """Four applies started together on one lockfile: one proceeds, three exit 1 at once."""
     with sandbox(tmp_path / "sb", train_seconds=1.0) as url:
-        write_manifest(tmp_path, url, 4)
+        write_manifest(tmp_path, n_jobs=4, url=url, filename="m.yaml")
         procs = [start_apply(tmp_path) for _ in range(4)]
         started = time.monotonic()
         results = []

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from apply_support import SECRET, ledger, lock_doc, runner, sandbox, write_manifest
+from support.apply import SECRET, ledger, runner, sandbox
+from support.manifests import lock_doc, write_manifest
 
 from runner.api.client import ApiClient
 from runner.api.ratelimit import TokenBucket
@@ -54,11 +55,11 @@ def fill(folder: Path) -> None:
 def test_disk_full_mid_apply_keeps_the_previous_lockfile(tmp_path: Path) -> None:
     """A full disk when the journal must grow: exit 1, message names the file, old lockfile kept."""
     with sandbox(tmp_path / "sb") as url, tmpfs(tmp_path / "small", "256k") as small:
-        write_manifest(tmp_path, url, 2)
+        write_manifest(tmp_path, n_jobs=2, url=url, filename="m.yaml")
         lock = small / "m.lock.yaml"
         assert runner("apply", "m.yaml", "--lockfile", str(lock), cwd=tmp_path).code == 0
         before = lock.read_bytes()
-        write_manifest(tmp_path, url, 4)  # two more jobs to submit
+        write_manifest(tmp_path, n_jobs=4, url=url, filename="m.yaml")  # two more jobs to submit
         fill(small)
         result = runner("apply", "m.yaml", "--lockfile", str(lock), cwd=tmp_path)
         assert result.code == 1, result.stderr
@@ -77,10 +78,10 @@ def test_disk_full_mid_apply_keeps_the_previous_lockfile(tmp_path: Path) -> None
 def test_read_only_lockfile_folder_is_refused(tmp_path: Path) -> None:
     """A read-only lockfile folder: exit 1 before anything is sent; the lockfile is untouched."""
     with sandbox(tmp_path / "sb") as url, tmpfs(tmp_path / "ro", "1m") as ro:
-        write_manifest(tmp_path, url, 1)
+        write_manifest(tmp_path, n_jobs=1, url=url, filename="m.yaml")
         lock = ro / "m.lock.yaml"
         assert runner("apply", "m.yaml", "--lockfile", str(lock), cwd=tmp_path).code == 0
-        write_manifest(tmp_path, url, 2)
+        write_manifest(tmp_path, n_jobs=2, url=url, filename="m.yaml")
         before = lock.read_bytes()
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         posts = ledger(url)["posts"]
@@ -95,7 +96,7 @@ def test_read_only_lockfile_folder_is_refused(tmp_path: Path) -> None:
 def test_journal_write_failure_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the journal's writes failing (ENOSPC), apply stops with exit 1 and sends no POST."""
     with sandbox(tmp_path / "sb") as url:
-        manifest = write_manifest(tmp_path, url, 3)
+        manifest = write_manifest(tmp_path, n_jobs=3, url=url, filename="m.yaml")
         first = prepare(str(manifest), None, [])
         real_write = os.write
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from apply_support import SECRET, ledger, sandbox, write_manifest
 from figures import record
+from support.apply import SECRET, ledger, sandbox
+from support.manifests import write_manifest
 
 from runner.api.client import ApiClient
 from runner.api.ratelimit import TokenBucket
@@ -62,7 +63,7 @@ def test_fault_cell(tmp_path: Path, rate: float, kind: str, long_run: bool) -> N
     with sandbox(tmp_path / "sb", fault_rate=rate, fault_kinds=kinds, fault_delay=0.3,
                  seed=int(rate * 100) + KINDS.index(kind)) as url:
         # A generous job_timeout: this test is about surviving faults, not about deadlines.
-        manifest = write_manifest(tmp_path, url, jobs, api={"job_timeout": "10m"})
+        manifest = write_manifest(tmp_path, n_jobs=jobs, url=url, api={"job_timeout": "10m"}, filename="m.yaml")
         code, requests, wall = apply_in_process(manifest, url)
         book = ledger(url)
     entries = read_lockfile(tmp_path / "m.lock.yaml").entries
@@ -96,7 +97,7 @@ def test_dialect_cell(tmp_path: Path, dialect: str, fault: str, idempotency: boo
     seed = DIALECTS.index(dialect) * 10 + DIALECT_FAULTS.index(fault) + (0 if idempotency else 5)
     with sandbox(tmp_path / "sb", fault_rate=rate, fault_kinds=kinds, fault_delay=0.3, seed=seed,
                  dialect=dialect, idempotency=idempotency) as url:
-        manifest = write_manifest(tmp_path, url, jobs, api={"job_timeout": "10m"})
+        manifest = write_manifest(tmp_path, n_jobs=jobs, url=url, api={"job_timeout": "10m"}, filename="m.yaml")
         code, requests, wall = apply_in_process(manifest, url)
         book = ledger(url)
     entries = read_lockfile(tmp_path / "m.lock.yaml").entries

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from apply_support import runner as run_cli
-from apply_support import sandbox, write_manifest
-from helpers import dump_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.apply import runner as run_cli
+from support.apply import sandbox
+from support.manifests import dump_yaml, write_manifest
 from test_validate_fuzz import base, mutated, values  # noqa: F401  (base is a fixture)
 
 from runner.cli import main
@@ -159,10 +159,10 @@ def real_lockfile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes
     """A lockfile written by a real apply: succeeded, failed (training and 422) and training jobs."""
     root = tmp_path_factory.mktemp("lockfuzz")
     with sandbox(root / "state", train_seconds=0.2) as url:
-        manifest = write_manifest(root, url, 3, extra_jobs=[
+        manifest = write_manifest(root, n_jobs=3, url=url, jobs=[
             {"name": "doomed", "lora_prefix": "FAILX", "images": "data/job001"},
             {"name": "rejected", "lora_prefix": "LONG", "num_iterations": 500000, "images": "data/job002"},
-        ])  # fmt: skip
+        ], filename="m.yaml")  # fmt: skip
         assert run_cli("apply", manifest.name, cwd=root).code == 3
         doc = yaml.safe_load(manifest.read_text())
         doc["jobs"].append({"name": "late", "lora_prefix": "LATE", "images": "data/job000", "num_iterations": 3000})
@@ -281,7 +281,7 @@ def test_damaged_lockfile_through_the_real_entry_point(real_lockfile: tuple[Path
 
 def test_lockfile_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     """A lockfile carrying a billion-laughs alias bomb is refused at once instead of hanging plan."""
-    from helpers import write_manifest as write_valid
+    from support.manifests import write_manifest as write_valid
 
     write_valid(tmp_path, filename="m.yaml")
     parts = ['&a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from apply_support import SECRET, ledger, sandbox
-from apply_support import runner as run_cli
-from helpers import error_text, make_bomb_png, make_image, truncate
+from support.apply import SECRET, ledger, sandbox
+from support.apply import runner as run_cli
+from support.cli import error_text
+from support.images import make_bomb_png, make_image, truncate
 
 from runner.cli import main
 
@@ -279,8 +280,8 @@ _FIFO_SWAP = """
 import os, sys
 from pathlib import Path
 import anyio
-from apply_support import SECRET, sandbox
-from helpers import make_image
+from support.apply import SECRET, sandbox
+from support.images import make_image
 from runner.engine.scheduler import Applier, ApplyOptions
 from runner.api.client import ApiClient
 from runner.state.session import LockSession

@@ -28,8 +28,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from apply_support import image, sandbox, write_manifest
-from helpers import REPO_ROOT, make_image
+from support.apply import sandbox
+from support.images import make_image
+from support.manifests import write_manifest
+from support.paths import REPO_ROOT
 
 from runner.cli import main
 
@@ -127,10 +129,10 @@ def _make_world(root: Path) -> World:
     project = root / "project"
     states = [root / "sandbox", root / "sandbox-401", root / "sandbox-keyflag", root / "sandbox-slow"]
     with sandbox(states[0]) as url:
-        write_manifest(project, url, 2, extra_jobs=[
+        write_manifest(project, n_jobs=2, url=url, jobs=[
             {"name": "rejected", "lora_prefix": "LONG", "num_iterations": 500000, "images": "data/job000"},  # 422
             {"name": "doomed", "lora_prefix": "FAILX", "images": "data/job001"},  # fails training
-        ])  # fmt: skip
+        ], filename="m.yaml")  # fmt: skip
         for fmt in ("json", "console"):
             run(seen, f"validate {fmt}", "-v", "--log-format", fmt, "validate", "m.yaml", cwd=project)
             run(seen, f"validate --format json {fmt}", "-v", "--log-format", fmt, "validate", "--format", "json", "m.yaml", cwd=project)
@@ -140,7 +142,7 @@ def _make_world(root: Path) -> World:
         run(seen, "apply json", "-v", "--log-format", "json", "apply", "m.yaml", cwd=project)
         run(seen, "apply console", "-vv", "--log-format", "console", "apply", "m.yaml", cwd=project)
         # a new job left training, so that --refresh has something to ask the API about
-        image(project / "data" / "late" / "a.png", 99)
+        make_image(project / "data" / "late" / "a.png", (16, 16), seed=99)
         doc = yaml.safe_load((project / "m.yaml").read_text())
         doc["jobs"].append({"name": "late", "lora_prefix": "LATE", "images": "data/late"})
         (project / "m.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -261,7 +263,7 @@ def test_plain_http_off_loopback_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, source: str
 ) -> None:
     """http:// to anything but this machine is refused from --endpoint, RUNNER_ENDPOINT or the manifest, at once."""
-    manifest = write_manifest(tmp_path, url if source == "manifest" else "sandbox", 1)
+    manifest = write_manifest(tmp_path, n_jobs=1, url=url if source == "manifest" else "sandbox", filename="m.yaml")
     argv = ["apply", manifest.name] + (["--endpoint", url] if source == "flag" else [])
     env = {"VIMMERSE_API_KEY": CANARY} | ({"RUNNER_ENDPOINT": url} if source == "env" else {})
     started = time.monotonic()

@@ -3,29 +3,11 @@ traceback, and git in a temporary repository (a pull request is a commit on top 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import REPO_ROOT
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout + self.stderr
-
-
-def pythonpath() -> str:
-    """This checkout first, so subprocesses never import another installed copy."""
-    return os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+from support.cli import Run
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str], timeout: float = 120) -> Run:

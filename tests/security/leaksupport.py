@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from clisupport import Run, git, pythonpath, run_cli
-from helpers import make_image
+from clisupport import git, run_cli
+from support.cli import Run, pythonpath
+from support.images import make_image
 
 # Secret-looking values, as CI would hold them; no piece of 8+ characters may leak.
 KEY = "sk-live-7Hq2Xv9LmR4tW8zK3pN6bY1cQe5J"

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from clisupport import Run, git, pythonpath, run_cli
-from helpers import make_image
+from clisupport import git, run_cli
+from support.cli import Run, pythonpath
+from support.images import make_image
 
 SECRET = "sk-state-Lk3Rb7Qw"
 

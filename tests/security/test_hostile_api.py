@@ -19,8 +19,10 @@ from typing import Any
 
 import anyio
 import pytest
-from apply_support import SECRET, lock_doc, runner, write_manifest
-from helpers import make_image, read_body
+from support.apply import SECRET, runner
+from support.asgi import read_body
+from support.images import make_image
+from support.manifests import lock_doc, write_manifest
 
 from runner.api import transport as transport_module
 from runner.api import wire
@@ -132,7 +134,7 @@ def _apply_rss(tmp_path: Path, url: str) -> tuple[int, str, int]:
 def test_a_400_mb_status_answer_is_unreadable_and_memory_stays_flat(tmp_path: Path) -> None:
     """The client reads at most 8 MiB of an answer: the 400 MB one is unreadable, RSS small."""
     with hostile(tmp_path, "huge") as (url, _api):
-        write_manifest(tmp_path, url, 1, images_per_job=1, api={"poll_interval": "100ms"})
+        write_manifest(tmp_path, n_jobs=1, url=url, images_per_job=1, api={"poll_interval": "100ms"}, filename="m.yaml")
         code, stderr, peak_mib = _apply_rss(tmp_path, url)
     assert code == 3, stderr
     assert "Traceback" not in stderr
@@ -146,14 +148,14 @@ def test_a_400_mb_status_answer_is_unreadable_and_memory_stays_flat(tmp_path: Pa
 def test_json_nested_100000_deep_is_unreadable_not_a_crash(tmp_path: Path) -> None:
     """Deep JSON in a POST and a status answer: uncertain / unreadable, never exit 70."""
     with hostile(tmp_path, "deep", post_mode="deep") as (url, _api):
-        write_manifest(tmp_path, url, 1, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=1, url=url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
     assert result.code == 3, result.stderr
     assert "Traceback" not in result.stderr
     entry = lock_doc(tmp_path / "m.lock.yaml")["jobs"]["job-000"]
     assert entry["status"] == "uncertain" and entry["answer"].startswith('{"data": [[[')
     with hostile(tmp_path, "deep") as (url, _api):
-        write_manifest(tmp_path, url, 1, images_per_job=1, name="n.yaml", api={"poll_interval": "100ms"})
+        write_manifest(tmp_path, n_jobs=1, url=url, images_per_job=1, filename="n.yaml", api={"poll_interval": "100ms"})
         result = runner("apply", "n.yaml", cwd=tmp_path)
     assert result.code == 3 and "Traceback" not in result.stderr
     assert lock_doc(tmp_path / "n.lock.yaml")["jobs"]["job-000"]["status"] == "training"
@@ -162,7 +164,7 @@ def test_json_nested_100000_deep_is_unreadable_not_a_crash(tmp_path: Path) -> No
 def test_a_dripping_status_answer_cannot_hold_apply_past_job_timeout(tmp_path: Path) -> None:
     """One byte every 0.5 s: the job ends at job_timeout (still training), not hours later."""
     with hostile(tmp_path, "drip") as (url, _api):
-        write_manifest(tmp_path, url, 1, images_per_job=1, api={"poll_interval": "100ms", "job_timeout": "3s"})
+        write_manifest(tmp_path, n_jobs=1, url=url, images_per_job=1, api={"poll_interval": "100ms", "job_timeout": "3s"}, filename="m.yaml")
         started = time.monotonic()
         result = runner("apply", "m.yaml", cwd=tmp_path)
         took = time.monotonic() - started

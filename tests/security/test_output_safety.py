@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 import yaml
-from apply_support import runner
-from helpers import write_manifest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
+from support.apply import runner
+from support.manifests import write_manifest
 
 from runner import logsetup
 from runner.api.endpoint import check_endpoint_url, inferred_api
@@ -188,7 +188,7 @@ def test_validate_and_plan_errors_name_hostile_files_printably(pr_folder: Path) 
 
 def test_a_hostile_api_error_message_is_printable(tmp_path: Path) -> None:
     """A 401 whose message carries a workflow command and ESC: apply's error line is printable."""
-    from apply_support import write_manifest as write_api_manifest
+    from support.manifests import write_manifest as write_api_manifest
 
     from runner.sandbox.config import SandboxConfig
     from runner.sandbox.serve import start_server
@@ -203,7 +203,7 @@ def test_a_hostile_api_error_message_is_printable(tmp_path: Path) -> None:
         await send({"type": "http.response.body", "body": body})
 
     with start_server(SandboxConfig(state_dir=tmp_path / "unused"), app=refuse) as server:
-        write_api_manifest(tmp_path, server.url, 1, images_per_job=1)
+        write_api_manifest(tmp_path, n_jobs=1, url=server.url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
     assert result.code == 1 and "401" in result.stderr
     assert_printable(result.stderr)

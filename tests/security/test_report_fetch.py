@@ -34,7 +34,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from helpers import REPO_ROOT, write_manifest
+from support.manifests import write_manifest
+from support.paths import REPO_ROOT
 
 from runner.views.report.cards import Section, cards_for
 from runner.views.report.fetch import MAX_PIXELS, Fetcher, fill_samples
@@ -553,12 +554,12 @@ def test_a_hostile_database_cannot_loop_forever(tmp_path: Path) -> None:
 def test_a_real_sandbox_state_still_renders(tmp_path: Path) -> None:
     """The hardening keeps the normal case: an apply against the embedded sandbox, then a
     report that renders its samples from the database, writing nothing into the state."""
-    from helpers import run_runner
+    from support.cli import run_runner
 
     manifest = write_manifest(tmp_path, jobs=[{"name": "a", "lora_prefix": "AAA"}], api={"endpoint": "sandbox"})
     env = _env() | {"RUNNER_SANDBOX_TRAIN_SECONDS": "0.1"}
     result = run_runner("-q", "apply", str(manifest), env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.stderr
     state = tmp_path / ".runner" / "sandbox"
     before = sorted(str(p.relative_to(state)) for p in state.rglob("*"))
     run = report(manifest, tmp_path / "out")

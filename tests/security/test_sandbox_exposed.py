@@ -29,7 +29,9 @@ import anyio
 import httpx
 import pytest
 import yaml
-from helpers import REPO_ROOT, error_text, run_runner, write_manifest
+from support.cli import error_text, run_runner
+from support.manifests import write_manifest
+from support.paths import REPO_ROOT
 
 from runner.errors import UsageError
 from runner.sandbox.app import create_app
@@ -447,7 +449,7 @@ def test_apply_against_a_spent_quota_stops_and_exits_4(tmp_path: Path) -> None:
         env.pop("RUNNER_ENDPOINT", None)
         result = run_runner("-q", "apply", str(manifest), env=env, timeout=120)
         ledger = httpx.get(f"{url}/_sandbox/ledger", headers={"X-Api-Key": KEY}).json()
-    assert result.returncode == 4, result.stderr
+    assert result.code == 4, result.stderr
     assert ledger["trainings"] == 2 and ledger["credits_charged"] == 2
     lock = yaml.safe_load((tmp_path / "project" / "manifest.lock.yaml").read_text(encoding="utf-8"))
     statuses = sorted(entry["status"] for entry in lock["jobs"].values())

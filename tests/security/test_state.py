@@ -119,7 +119,7 @@ def test_committed_digest_cache_is_not_read(tmp_path: Path, cache: Path, templat
     checkout's own size, mtime and inode) does not hide the change: the plan replaces."""
     repo, _word = applied_repo(tmp_path, cache, template)
     image = repo / "data" / "hero" / "a.png"
-    from helpers import make_image
+    from support.images import make_image
 
     old = hashlib.sha256(image.read_bytes()).hexdigest()
     make_image(image, (16, 16), (250, 0, 0))

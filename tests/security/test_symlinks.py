@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import make_image
 from statesupport import git, make_repo, pr_commit, run
+from support.images import make_image
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX symlinks")
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
-from apply_support import lock_doc, runner, write_manifest
-from helpers import read_body
 from jsonschema import Draft202012Validator
+from support.apply import runner
+from support.asgi import read_body
+from support.manifests import lock_doc, write_manifest
 
 from runner.api import wire
 from runner.sandbox.config import SandboxConfig
@@ -119,7 +120,7 @@ def _git(repo: Path, *args: str) -> None:
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository whose manifest was applied once against the embedded sandbox, committed."""
     repo = tmp_path_factory.mktemp("repo")
-    write_manifest(repo, "sandbox", 2, images_per_job=1)
+    write_manifest(repo, n_jobs=2, url="sandbox", images_per_job=1, filename="m.yaml")
     result = runner("apply", "m.yaml", cwd=repo, env={"RUNNER_SANDBOX_TRAIN_SECONDS": "0.05"})
     assert result.code == 0, result.stderr
     _git(repo, "init", "-q")
@@ -227,7 +228,7 @@ def test_a_hostile_answer_word_leaves_the_job_uncertain(tmp_path: Path, word: st
     and no trigger word; no request goes anywhere but POST /finetune and the free checks,
     a second apply sends nothing new, and no output prints the word raw."""
     with recording_api(tmp_path, word) as (url, api):
-        write_manifest(tmp_path, url, 1, images_per_job=1)
+        write_manifest(tmp_path, n_jobs=1, url=url, images_per_job=1, filename="m.yaml")
         result = runner("apply", "m.yaml", cwd=tmp_path)
         assert result.code == 3, result.stderr
         assert_printable(result.stderr + result.stdout)

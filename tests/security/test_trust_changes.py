@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apply_support import ledger, sandbox
 from jsonschema import Draft202012Validator
 from leaksupport import (
     AWS,
@@ -39,6 +38,7 @@ from leaksupport import (
     pull_request,
     run,
 )
+from support.apply import ledger, sandbox
 
 from runner.shipped_schemas import load_schema
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from apply_support import ledger, sandbox
 from leaksupport import (
     AWS,
     HOOK,
@@ -42,6 +41,7 @@ from leaksupport import (
     pull_request,
     run,
 )
+from support.apply import ledger, sandbox
 
 from runner.shipped_schemas import load_schema
 
