@@ -3,23 +3,18 @@ loopback server. Plain helpers are importable from ``sandbox_support``."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sandbox_support import png_bytes
+from support.clock import FakeClock
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from sandbox_support import FakeClock, png_bytes  # noqa: E402
-
-from runner.sandbox.app import create_app  # noqa: E402
-from runner.sandbox.config import SandboxConfig  # noqa: E402
-from runner.sandbox.serve import RunningSandbox, start_server  # noqa: E402
+from runner.sandbox.app import create_app
+from runner.sandbox.config import SandboxConfig
+from runner.sandbox.serve import RunningSandbox, start_server
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Helpers for the sandbox tests: images made with Pillow, multipart parts, a fake clock."""
+"""Helpers for the sandbox tests: images made with Pillow, multipart parts (the fake clock is
+``support.clock.FakeClock``)."""
 
 from __future__ import annotations
 
@@ -39,19 +40,6 @@ def image_parts(count: int = 3) -> list[tuple[str, tuple[str, bytes, str]]]:
                 ("image_files", (f"img{i}.png", png_bytes((i * 17 % 256, 120, 60)), "image/png"))
             )
     return parts
-
-
-class FakeClock:
-    """A settable ``time.time`` stand-in, so training phases are tested without sleeping."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def data(response: Any) -> dict[str, Any]:

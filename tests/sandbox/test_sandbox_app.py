@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from sandbox_support import HEADERS, KEY, OTHER_KEY, FakeClock, data, image_parts, png_bytes
+from sandbox_support import HEADERS, KEY, OTHER_KEY, data, image_parts, png_bytes
+from support.clock import FakeClock
 
 from runner.sandbox import training
 

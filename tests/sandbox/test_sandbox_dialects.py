@@ -14,7 +14,8 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from sandbox_support import HEADERS, FakeClock, image_parts
+from sandbox_support import HEADERS, image_parts
+from support.clock import FakeClock
 
 from runner.api.endpoint import connect
 from runner.cli_args import build_parser

@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import error_text
 from sandbox_support import HEADERS, KEY, data, image_parts
+from support.cli import error_text
 
 from runner.sandbox.serve import RunningSandbox, start_server
 
