@@ -7,12 +7,9 @@ Each verb lives in ``runner/commands/<verb>.py`` and is imported only when it ru
 from __future__ import annotations
 
 import importlib
-import json
 import signal
 import sys
-import traceback
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.cli_args import UsageProblem, build_parser, fill_default_manifest
@@ -71,6 +68,9 @@ def _error(
         else:
             print(logsetup.guard(logsetup.clean_lines(logsetup.redact(prefix + text))), file=sys.stderr)
         return code
+    import json  # only on an error: not on every start-up
+    from datetime import UTC, datetime
+
     stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     lines = [line for line in logsetup.redact(message).split("\n") if line.strip()] or [message]
     for i, line in enumerate(lines):
@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception:  # a bug: show it, but never with a secret in it
+        import traceback
+
         return _error(
             "internal error (a bug in runner; please report it):",
             EXIT_BUG,

@@ -384,88 +384,57 @@ def test_action_commit_step_pushes_lockfile_and_journal(tmp_path: Path) -> None:
     """The action's commit script (commit-mode: push) in a clone of a local bare repository,
     after another job pushed meanwhile: the lockfile and a journal left by a killed apply
     land on main (pull --rebase, push)."""
-    def git(cwd: Path, *args: str) -> str:
-        return subprocess.run(
-            ["git", "-c", "init.defaultBranch=main", "-c", "user.name=t", "-c", "user.email=t@t.invalid",
-             "-c", "commit.gpgsign=false", *args],
-            cwd=cwd, check=True, capture_output=True, text=True, timeout=60,
-        ).stdout
-
-    bare = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", str(bare))
-    seed = tmp_path / "seed"
-    git(tmp_path, "clone", "-q", str(bare), str(seed))
-    (seed / "manifests").mkdir()
-    (seed / "manifests" / "a.yaml").write_text("version: 1\njobs: []\n", encoding="utf-8")
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "seed")
-    git(seed, "push", "-q", "origin", "HEAD:main")
+    bare = _origin_with(tmp_path, {"manifests/a.yaml": "version: 1\njobs: []\n"})
     work = tmp_path / "work"
-    git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(work))
-    (seed / "other.txt").write_text("meanwhile\n", encoding="utf-8")  # another job pushes first
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "meanwhile")
-    git(seed, "push", "-q", "origin", "HEAD:main")
+    _git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(work))
+    seed = tmp_path / "seed"  # _origin_with's clone: another job pushes first
+    (seed / "other.txt").write_text("meanwhile\n", encoding="utf-8")
+    _git(seed, "add", ".")
+    _git(seed, "commit", "-q", "-m", "meanwhile")
+    _git(seed, "push", "-q", "origin", "HEAD:main")
     # What apply leaves: a lockfile (here a stand-in) and a journal from a hard kill.
     (work / "manifests" / "a.lock.yaml").write_text("version: 1\njobs: {}\n", encoding="utf-8")
     (work / "manifests" / "a.lock.journal").write_text('{"x": 1}\n', encoding="utf-8")
-    # A stub `runner` (status is informational here) first on PATH; git identity for the commit.
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    (stub / "runner").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
-    (stub / "runner").chmod(0o755)
-    env = dict(os.environ, PATH=os.pathsep.join([str(stub), os.environ.get("PATH", "")]),
-               MANIFESTS="manifests/*.yaml", MODE="push", BRANCH="main", GH_TOKEN="unused",
-               GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="commit.gpgsign", GIT_CONFIG_VALUE_0="false")
-    result = _run_action_script(_action_step("Commit the lockfiles"), work, env)
+    result = _run_action_script(_action_step("Commit the lockfiles"), work, _commit_env(tmp_path, "manifests/*.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    files = git(bare, "ls-tree", "-r", "--name-only", "main").split()
+    files = _git(bare, "ls-tree", "-r", "--name-only", "main").split()
     assert {"manifests/a.lock.yaml", "manifests/a.lock.journal", "other.txt"} <= set(files), files
-    assert "runner: update lockfiles" in git(bare, "log", "-1", "--format=%s", "main")
+    assert "runner: update lockfiles" in _git(bare, "log", "-1", "--format=%s", "main")
+
+
+def _commit_env(tmp_path: Path, manifests: str) -> dict[str, str]:
+    """The action's commit step's environment: a stub `runner` (status is informational
+    there) first on PATH, push mode to main, no signing."""
+    stub = tmp_path / "bin"
+    if not stub.is_dir():
+        stub.mkdir()
+        (stub / "runner").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+        (stub / "runner").chmod(0o755)
+    return dict(os.environ, PATH=os.pathsep.join([str(stub), os.environ.get("PATH", "")]),
+                MANIFESTS=manifests, MODE="push", BRANCH="main", GH_TOKEN="unused",
+                GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="commit.gpgsign", GIT_CONFIG_VALUE_0="false")
 
 
 def test_action_commit_step_two_matrix_legs_at_once_both_land(tmp_path: Path) -> None:
     """Two matrix legs (two manifests, two clones) run the action's commit script at the
     same moment against one local bare repository: both lockfiles land on main (the loser
     of the race rebases and retries)."""
-    def git(cwd: Path, *args: str) -> str:
-        return subprocess.run(
-            ["git", "-c", "init.defaultBranch=main", "-c", "user.name=t", "-c", "user.email=t@t.invalid",
-             "-c", "commit.gpgsign=false", *args],
-            cwd=cwd, check=True, capture_output=True, text=True, timeout=60,
-        ).stdout
-
-    bare = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", str(bare))
-    seed = tmp_path / "seed"
-    git(tmp_path, "clone", "-q", str(bare), str(seed))
-    (seed / "manifests").mkdir()
-    for name in ("a", "b"):
-        (seed / "manifests" / f"{name}.yaml").write_text("version: 1\njobs: []\n", encoding="utf-8")
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "seed")
-    git(seed, "push", "-q", "origin", "HEAD:main")
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    (stub / "runner").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
-    (stub / "runner").chmod(0o755)
+    bare = _origin_with(tmp_path, {f"manifests/{n}.yaml": "version: 1\njobs: []\n" for n in ("a", "b")})
     script = _action_step("Commit the lockfiles")["run"]
     legs = []
     for name in ("a", "b"):
         work = tmp_path / f"leg-{name}"
-        git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(work))
+        _git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(work))
         (work / "manifests" / f"{name}.lock.yaml").write_text(f"version: 1\n# {name}\n", encoding="utf-8")
-        env = dict(os.environ, PATH=os.pathsep.join([str(stub), os.environ.get("PATH", "")]),
-                   MANIFESTS=f"manifests/{name}.yaml", MODE="push", BRANCH="main", GH_TOKEN="unused",
-                   GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="commit.gpgsign", GIT_CONFIG_VALUE_0="false")
+        env = _commit_env(tmp_path, f"manifests/{name}.yaml")
         legs.append(subprocess.Popen(["bash", "-c", script], cwd=work, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for leg in legs:
         out, _ = leg.communicate(timeout=120)
         assert leg.returncode == 0, out
-    files = set(git(bare, "ls-tree", "-r", "--name-only", "main").split())
+    files = set(_git(bare, "ls-tree", "-r", "--name-only", "main").split())
     assert {"manifests/a.lock.yaml", "manifests/b.lock.yaml"} <= files, files
-    assert git(bare, "log", "--format=%s", "main").count("runner: update lockfiles") == 2
+    assert _git(bare, "log", "--format=%s", "main").count("runner: update lockfiles") == 2
 
 
 # -- the recipes' own shell steps, run for real -----------------------------------------------
@@ -862,14 +831,7 @@ def test_action_commit_step_commits_a_folded_journal_away(tmp_path: Path) -> Non
     _git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(work))
     (work / "manifests" / "a.lock.journal").unlink()  # what the next apply leaves
     (work / "manifests" / "a.lock.yaml").write_text("version: 1\njobs: {}\n", encoding="utf-8")
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    (stub / "runner").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
-    (stub / "runner").chmod(0o755)
-    env = dict(os.environ, PATH=os.pathsep.join([str(stub), os.environ.get("PATH", "")]),
-               MANIFESTS="manifests/*.yaml", MODE="push", BRANCH="main", GH_TOKEN="unused",
-               GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="commit.gpgsign", GIT_CONFIG_VALUE_0="false")
-    result = _run_action_script(_action_step("Commit the lockfiles"), work, env)
+    result = _run_action_script(_action_step("Commit the lockfiles"), work, _commit_env(tmp_path, "manifests/*.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
     files = set(_git(bare, "ls-tree", "-r", "--name-only", "main").split())
     assert "manifests/a.lock.yaml" in files and "manifests/a.lock.journal" not in files, files

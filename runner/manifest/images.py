@@ -235,7 +235,7 @@ def find_problems(
     if decode:
         return {p: problem for p, problem in check_files(paths, stats=stats).items() if problem}
     problems: dict[Path, str] = {}
-    do_stat = os.stat
+    do_stat, do_access, is_reg, readable = os.stat, os.access, stat.S_ISREG, os.R_OK
     known = stats if stats is not None else {}
     for path in paths:
         text = str(path)
@@ -245,20 +245,16 @@ def find_problems(
                 st = do_stat(text)
             except OSError:
                 st = None
-        _quick_check(path, text, st, stats, problems)
+        if st is not None and is_reg(st.st_mode) and st.st_size and do_access(text, readable):
+            if stats is not None:
+                stats[text] = st
+            continue
+        _report_problem(path, stats, problems)
     return problems
 
 
-def _quick_check(
-    path: Path, text: str, st: os.stat_result | None, stats: dict[str, os.stat_result] | None,
-    problems: dict[Path, str],
-) -> None:
-    """A regular, non-empty, readable file passes on its stat (kept for fingerprinting);
-    anything else goes through ``check_file`` for the exact message."""
-    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size and os.access(text, os.R_OK):
-        if stats is not None:
-            stats[text] = st
-        return
+def _report_problem(path: Path, stats: dict[str, os.stat_result] | None, problems: dict[Path, str]) -> None:
+    """A file that failed the quick stat check: ``check_file`` says exactly what is wrong."""
     problem = check_file(path, decode=False, stats=stats)
     if problem:
         problems[path] = problem
@@ -274,7 +270,8 @@ def _find_problems_contained(
     """``find_problems`` with the symlink check: one ``lstat`` per file, as ``stat`` was."""
     problems: dict[Path, str] = {}
     kept: list[Path] = []
-    do_lstat, do_stat, is_link = os.lstat, os.stat, stat.S_ISLNK
+    do_lstat, do_stat, do_access, readable = os.lstat, os.stat, os.access, os.R_OK
+    is_reg, is_link = stat.S_ISREG, stat.S_ISLNK
     known = stats if stats is not None else {}  # resolve's stats: checked there
     inside_dir, sep = contain._inside.get, os.sep  # folders known to be inside (leaves fills it)
     for path in paths:
@@ -300,7 +297,11 @@ def _find_problems_contained(
         if decode:
             kept.append(path)
             continue
-        _quick_check(path, text, st, stats, problems)
+        if st is not None and is_reg(st.st_mode) and st.st_size and do_access(text, readable):
+            if stats is not None:
+                stats[text] = st
+            continue
+        _report_problem(path, stats, problems)
     if decode and kept:
         problems = {p: problem for p, problem in check_files(kept, stats=stats).items() if problem}
     return problems
